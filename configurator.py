@@ -1,0 +1,66 @@
+"""
+nanoGPT-style configuration: a script keeps its defaults as plain module globals, then calls
+
+    config = configure(globals())
+
+which applies, in order, any config files given as positional arguments (plain Python files of assignments) and
+any `--key=value` (or `--key value`) overrides. Overrides are type-checked against the defaults; unknown keys are
+errors, so a typo never silently trains the wrong model.
+"""
+import ast
+import sys
+
+
+def _config_keys(g):
+    return [k for k, v in g.items()
+            if not k.startswith("_") and isinstance(v, (int, float, bool, str, tuple, list, dict, type(None)))]
+
+
+def _parse_value(key, raw, default):
+    if isinstance(default, str):
+        return raw
+    try:
+        val = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        if default is None:
+            return raw  # a None default takes a bare string (e.g. a path)
+        raise ValueError(f"--{key}={raw}: not a valid {type(default).__name__}") from None
+    if default is None or isinstance(val, type(default)):
+        return val
+    if isinstance(default, float) and isinstance(val, int) and not isinstance(val, bool):
+        return float(val)
+    if isinstance(default, (tuple, list)) and isinstance(val, (tuple, list)):
+        return type(default)(val)
+    raise ValueError(f"--{key}={raw}: expected {type(default).__name__}, got {type(val).__name__}")
+
+
+def configure(g, argv=None):
+    """Update the dict of globals g in place from argv (default sys.argv[1:]); return the resolved config."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    keys = _config_keys(g)
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if not arg.startswith("--"):
+            before = {k: g[k] for k in keys}
+            with open(arg) as f:
+                exec(f.read(), {}, cfg := {})
+            unknown = [k for k in cfg if not k.startswith("_") and k not in before and not callable(cfg[k])
+                       and not isinstance(cfg[k], type(sys))]
+            if unknown:
+                raise ValueError(f"{arg}: unknown config key(s) {', '.join(unknown)}")
+            g.update({k: v for k, v in cfg.items() if k in before})
+            continue
+        if "=" in arg:
+            key, raw = arg[2:].split("=", 1)
+        else:  # `--key value`
+            key = arg[2:]
+            if i >= len(argv):
+                raise ValueError(f"--{key} needs a value (--{key}=VALUE)")
+            raw, i = argv[i], i + 1
+        key = key.replace("-", "_")
+        if key not in keys:
+            raise ValueError(f"unknown config key --{key}; known: {', '.join(sorted(keys))}")
+        g[key] = _parse_value(key, raw, g[key])
+    return {k: g[k] for k in keys}

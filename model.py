@@ -1,0 +1,510 @@
+"""
+LLaMA in one file: the architecture, Hugging Face weights in and out (safetensors + config.json, no transformers),
+and KV-cached generation.
+
+Module names are Hugging Face's (`model.layers.N.self_attn.q_proj`, ..., `lm_head`), so an HF checkpoint's tensor
+names are our state_dict keys and PEFT adapter keys map 1:1. Rotary embeddings use HF's rotate-half layout, so
+HF checkpoints load with no q/k permutation. Numerics follow HF's LlamaForCausalLM op for op (RMSNorm in fp32,
+rotary tables in fp32 cast to the activation dtype) so logits agree to float rounding.
+"""
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class ModelArgs:
+    dim: int = 4096
+    n_layers: int = 32
+    n_heads: int = 32
+    n_kv_heads: Optional[int] = None  # < n_heads: grouped-query attention (Llama-2 70B); None: = n_heads
+    vocab_size: int = 32000
+    intermediate_size: int = 11008
+    norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: Optional[dict] = None  # HF's dict: {"rope_type": "linear"|"llama3", "factor": ..., ...}
+    max_seq_len: int = 2048
+    head_dim: Optional[int] = None  # None: dim // n_heads
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self):
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.head_dim is None:
+            self.head_dim = self.dim // self.n_heads
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+
+
+# Published shapes. LLaMA-1 (Touvron et al. 2023a, Table 2) and Llama-2 (2023b); Llama-2 uses eps 1e-5 and 4k context.
+PRESETS = {
+    "llama-7b": dict(dim=4096, n_layers=32, n_heads=32, intermediate_size=11008),
+    "llama-13b": dict(dim=5120, n_layers=40, n_heads=40, intermediate_size=13824),
+    "llama-33b": dict(dim=6656, n_layers=60, n_heads=52, intermediate_size=17920),
+    "llama-65b": dict(dim=8192, n_layers=80, n_heads=64, intermediate_size=22016),
+    "llama2-7b": dict(dim=4096, n_layers=32, n_heads=32, intermediate_size=11008, norm_eps=1e-5, max_seq_len=4096),
+    "llama2-13b": dict(dim=5120, n_layers=40, n_heads=40, intermediate_size=13824, norm_eps=1e-5, max_seq_len=4096),
+    "llama2-70b": dict(dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, intermediate_size=28672, norm_eps=1e-5,
+                       max_seq_len=4096),
+}
+
+
+def preset(name, **overrides):
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    return ModelArgs(**{**PRESETS[name], **overrides})
+
+
+# -----------------------------------------------------------------------------
+# building blocks
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        # normalise in fp32 (as HF does), scale in the input dtype
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def rope_inv_freq(args: ModelArgs):
+    """Inverse frequencies of the rotary embedding, with HF's `linear` and `llama3` context scaling."""
+    d = args.head_dim
+    inv_freq = 1.0 / (args.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
+    scaling = args.rope_scaling or {}
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "default":
+        return inv_freq
+    if kind == "linear":
+        return inv_freq / scaling["factor"]
+    if kind == "llama3":
+        factor, lo, hi = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old_len = scaling["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > old_len / lo, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - lo) / (hi - lo)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < old_len / hi) * ~(wavelen > old_len / lo)
+        return torch.where(medium, smoothed, scaled)
+    raise ValueError(f"rope scaling type {kind!r} is not supported (supported: default, linear, llama3)")
+
+
+def rope_tables(args: ModelArgs, device=None):
+    inv_freq = rope_inv_freq(args).to(device)
+    t = torch.arange(args.max_seq_len, device=device, dtype=torch.int64).float()
+    freqs = torch.outer(t, inv_freq)
+    emb = torch.cat((freqs, freqs), dim=-1)  # rotate-half layout: [f0..f_{d/2-1}, f0..f_{d/2-1}]
+    return emb.cos(), emb.sin()
+
+
+def rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x, cos, sin):
+    # x: (B, H, T, D); cos/sin: (T, D) in fp32, cast like HF does
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return x * cos + rotate_half(x) * sin
+
+
+class KVCache(nn.Module):
+    def __init__(self, batch_size, max_len, n_kv_heads, head_dim, dtype, device):
+        super().__init__()
+        shape = (batch_size, n_kv_heads, max_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, start, k, v):
+        """Write k, v at positions start.., return all keys/values up to the last written position."""
+        end = start + k.size(2)
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
+        self.q_proj = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=False)
+        self.k_proj = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
+        self.v_proj = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
+        self.o_proj = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
+        self.cache: Optional[KVCache] = None
+
+    def forward(self, x, cos, sin, start_pos=0):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.cache is not None:
+            k, v = self.cache.update(start_pos, k, v)
+        S = k.size(2)
+        if S == T:  # no cached prefix: plain causal attention
+            mask, causal = None, T > 1
+        elif T == 1:  # one new token sees every cached position
+            mask, causal = None, False
+        else:  # T new tokens after S - T cached ones: query i sees keys 0 .. S - T + i
+            mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
+            causal = False
+        if self.n_kv_heads != self.n_heads:  # grouped-query attention: share each KV head across its group
+            rep = self.n_heads // self.n_kv_heads
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.gate_proj = nn.Linear(args.dim, args.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(args.dim, args.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(args.intermediate_size, args.dim, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.input_layernorm = RMSNorm(args.dim, args.norm_eps)
+        self.self_attn = Attention(args)
+        self.post_attention_layernorm = RMSNorm(args.dim, args.norm_eps)
+        self.mlp = MLP(args)
+
+    def forward(self, x, cos, sin, start_pos=0):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, start_pos)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaModel(nn.Module):
+    """The decoder stack; named `model` inside Transformer so keys read `model.layers.N...` like HF's."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(Block(args) for _ in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+
+
+# -----------------------------------------------------------------------------
+# the model
+
+class Transformer(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.model = LlamaModel(args)
+        self.lm_head = nn.Linear(args.dim, args.vocab_size, bias=False)
+        if args.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        # rotary tables are derived, not learned: non-persistent, recomputed after meta-device init
+        cos, sin = rope_tables(args, device=self.lm_head.weight.device)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    # --- initialisation -------------------------------------------------------------------------
+    def init_rope(self):
+        # assigning (not copying) keeps the tables fp32 even after model.to(bfloat16) or meta-device init
+        self.rope_cos, self.rope_sin = rope_tables(self.args, device=self.rope_cos.device)
+
+    @torch.no_grad()
+    def init_weights(self, std=0.02, generator=None):
+        """From-scratch init (HF's initializer_range=0.02); residual outputs scaled by 1/sqrt(2 * n_layers)."""
+        out_std = std / math.sqrt(2 * self.args.n_layers)
+        for name, p in self.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            else:
+                s = out_std if name.endswith(("o_proj.weight", "down_proj.weight")) else std
+                p.normal_(0.0, s, generator=generator)
+        self.init_rope()
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())  # parameters() counts a tied weight once
+
+    # --- forward -------------------------------------------------------------------------------
+    def forward(self, idx, targets=None, start_pos=0):
+        """idx (B, T) token ids -> (logits (B, T, V), loss or None).
+
+        With targets (B, T), loss is the mean cross-entropy over positions whose target is not -100.
+        start_pos is the position of idx[:, 0]: non-zero only when decoding with a KV cache.
+        """
+        T = idx.size(1)
+        if start_pos + T > self.args.max_seq_len:
+            raise ValueError(f"sequence end {start_pos + T} exceeds max_seq_len={self.args.max_seq_len}")
+        cos, sin = self.rope_cos[start_pos:start_pos + T], self.rope_sin[start_pos:start_pos + T]
+        x = self.model.embed_tokens(idx)
+        for layer in self.model.layers:
+            x = layer(x, cos, sin, start_pos)
+        logits = self.lm_head(self.model.norm(x))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+        return logits, loss
+
+    # --- generation -------------------------------------------------------------------------
+    def setup_cache(self, batch_size, max_len, dtype=None, device=None):
+        p = self.lm_head.weight
+        for layer in self.model.layers:
+            layer.self_attn.cache = KVCache(batch_size, max_len, self.args.n_kv_heads, self.args.head_dim,
+                                            dtype or p.dtype, device or p.device)
+
+    def clear_cache(self):
+        for layer in self.model.layers:
+            layer.self_attn.cache = None
+
+    @torch.inference_mode()
+    def generate(self, idx, max_new_tokens, temperature=0.0, top_k=None, eos_id=None, generator=None):
+        """Continue idx (B, T) by up to max_new_tokens; temperature 0 is greedy. Stops when every row has hit eos_id."""
+        B, T = idx.shape
+        total = min(T + max_new_tokens, self.args.max_seq_len)
+        self.setup_cache(B, total, device=idx.device)
+        try:
+            out = [idx]
+            done = torch.zeros(B, dtype=torch.bool, device=idx.device)
+            logits, _ = self(idx, start_pos=0)
+            pos = T
+            while pos < total:
+                nxt = sample_next(logits[:, -1], temperature, top_k, generator)
+                if eos_id is not None:  # rows already finished keep emitting eos
+                    nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
+                    done |= nxt == eos_id
+                out.append(nxt[:, None])
+                if (eos_id is not None and bool(done.all())) or pos + 1 >= total:
+                    break
+                logits, _ = self(nxt[:, None], start_pos=pos)
+                pos += 1
+            return torch.cat(out, dim=1)
+        finally:
+            self.clear_cache()
+
+    # --- Hugging Face checkpoints ------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path, dtype=torch.float32, device="cpu"):
+        return load_hf(path, dtype=dtype, device=device)
+
+
+def sample_next(logits, temperature=0.0, top_k=None, generator=None):
+    """logits (B, V) -> next ids (B,). temperature 0 is argmax (greedy)."""
+    if temperature == 0.0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+        logits = logits.masked_fill(logits < v[:, [-1]], float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+# -----------------------------------------------------------------------------
+# Hugging Face folders: config.json + model.safetensors (or sharded, or pytorch_model*.bin loaded weights_only)
+
+def args_from_hf_config(cfg, where="config.json"):
+    archs = cfg.get("architectures") or []
+    if "LlamaForCausalLM" not in archs and cfg.get("model_type") != "llama":
+        raise ValueError(f"{where}: architectures={archs} model_type={cfg.get('model_type')!r}; "
+                         "only LlamaForCausalLM checkpoints are supported")
+    for flag in ("attention_bias", "mlp_bias"):
+        if cfg.get(flag):
+            raise ValueError(f"{where}: {flag}=true is not supported (LLaMA has no biases)")
+    if cfg.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"{where}: hidden_act={cfg['hidden_act']!r}; LLaMA uses silu")
+    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}  # transformers v5 / v4 spelling
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    try:
+        return ModelArgs(
+            dim=cfg["hidden_size"], n_layers=cfg["num_hidden_layers"], n_heads=cfg["num_attention_heads"],
+            n_kv_heads=cfg.get("num_key_value_heads"), vocab_size=cfg["vocab_size"],
+            intermediate_size=cfg["intermediate_size"], norm_eps=cfg.get("rms_norm_eps", 1e-6),
+            rope_theta=cfg.get("rope_theta", rope.get("rope_theta", 10000.0)),
+            rope_scaling=None if kind == "default" else dict(rope),
+            max_seq_len=cfg.get("max_position_embeddings", 2048), head_dim=cfg.get("head_dim"),
+            tie_word_embeddings=cfg.get("tie_word_embeddings", False))
+    except KeyError as e:
+        raise ValueError(f"{where}: missing field {e.args[0]!r}") from None
+
+
+def hf_config(args: ModelArgs, dtype=torch.float32):
+    rope = {"rope_type": "default", **(args.rope_scaling or {}), "rope_theta": args.rope_theta}
+    return {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "hidden_size": args.dim, "num_hidden_layers": args.n_layers, "num_attention_heads": args.n_heads,
+        "num_key_value_heads": args.n_kv_heads, "head_dim": args.head_dim, "vocab_size": args.vocab_size,
+        "intermediate_size": args.intermediate_size, "rms_norm_eps": args.norm_eps, "hidden_act": "silu",
+        "rope_theta": args.rope_theta, "rope_scaling": None if args.rope_scaling is None else rope,
+        "rope_parameters": rope,  # transformers >= 5 reads this, older versions rope_theta/rope_scaling
+        "max_position_embeddings": args.max_seq_len, "tie_word_embeddings": args.tie_word_embeddings,
+        "attention_bias": False, "mlp_bias": False, "bos_token_id": 1, "eos_token_id": 2,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+    }
+
+
+def _checkpoint_files(path):
+    """-> (list of weight files, loader kind). Prefers safetensors; *.bin only through torch.load(weights_only)."""
+    for index, kind in (("model.safetensors.index.json", "safetensors"), ("pytorch_model.bin.index.json", "bin")):
+        ip = os.path.join(path, index)
+        if os.path.isfile(ip):
+            with open(ip) as f:
+                weight_map = json.load(f)["weight_map"]
+            files = sorted(set(weight_map.values()))
+            missing = [f for f in files if not os.path.isfile(os.path.join(path, f))]
+            if missing:
+                raise FileNotFoundError(f"{ip} names shard(s) that are not there: {', '.join(missing)}")
+            return [os.path.join(path, f) for f in files], kind
+    for single, kind in (("model.safetensors", "safetensors"), ("pytorch_model.bin", "bin")):
+        if os.path.isfile(os.path.join(path, single)):
+            return [os.path.join(path, single)], kind
+    raise FileNotFoundError(f"{path}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+
+
+def iter_checkpoint_tensors(files, kind):
+    """Yield (name, tensor) one at a time, so loading never holds a second full copy of the weights."""
+    if kind == "safetensors":
+        from safetensors import safe_open
+        for fp in files:
+            with safe_open(fp, framework="pt") as f:
+                for name in f.keys():
+                    yield name, f.get_tensor(name)
+    else:
+        for fp in files:
+            sd = torch.load(fp, map_location="cpu", weights_only=True, mmap=True)
+            yield from sd.items()
+            del sd
+
+
+def read_hf_config(path):
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"model folder {path} does not exist")
+    cp = os.path.join(path, "config.json")
+    if not os.path.isfile(cp):
+        raise FileNotFoundError(f"{path}: no config.json (expected a Hugging Face LLaMA folder)")
+    with open(cp) as f:
+        return args_from_hf_config(json.load(f), where=cp)
+
+
+def load_hf(path, dtype=torch.float32, device="cpu"):
+    """Build a Transformer from an HF LLaMA folder, tensor by tensor, straight into dtype on device."""
+    args = read_hf_config(path)
+    files, kind = _checkpoint_files(path)
+    with torch.device("meta"):
+        model = Transformer(args)
+    model.to_empty(device=device)
+    model.to(dtype)
+    if args.tie_word_embeddings:  # to_empty() unties: tie again
+        model.lm_head.weight = model.model.embed_tokens.weight
+    model.init_rope()
+    load_state_dict_streaming(model, iter_checkpoint_tensors(files, kind), where=path)
+    return model.eval()
+
+
+@torch.no_grad()
+def load_state_dict_streaming(model, named_tensors, where="checkpoint"):
+    """Copy (name, tensor) pairs into model's parameters with strict name and shape checks."""
+    params = dict(model.named_parameters())  # a tied lm_head shows up once, under model.embed_tokens
+    expected = set(params)
+    seen, unexpected = set(), []
+    for name, t in named_tensors:
+        if name not in params:
+            if name == "lm_head.weight" and model.args.tie_word_embeddings:
+                continue  # some tied checkpoints store the shared matrix twice
+            if not name.endswith("rotary_emb.inv_freq"):  # older exports saved this derived buffer
+                unexpected.append(name)
+            continue
+        p = params[name]
+        if tuple(t.shape) != tuple(p.shape):
+            raise ValueError(f"{where}: tensor {name} has shape {tuple(t.shape)} but the model expects {tuple(p.shape)}")
+        p.copy_(t)
+        seen.add(name)
+    missing = sorted(expected - seen)
+    if missing or unexpected:
+        msg = [f"{where}: checkpoint does not match the model."]
+        if missing:
+            msg.append(f"missing tensors ({len(missing)}): {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}")
+        if unexpected:
+            msg.append(f"unexpected tensors ({len(unexpected)}): {', '.join(unexpected[:10])}"
+                       f"{' ...' if len(unexpected) > 10 else ''}")
+        raise ValueError(" ".join(msg))
+
+
+def save_hf(model_or_state, args: ModelArgs, out_dir, dtype=torch.bfloat16, tokenizer_path=None,
+            max_shard_bytes=5 * 2**30):
+    """Write an HF LLaMA folder (config.json, safetensors shards + index, tokenizer.model) atomically.
+
+    model_or_state is a Transformer or a full state dict (e.g. gathered from FSDP). The folder is written under
+    a temporary name and renamed at the end, so a crash never leaves a half-written export.
+    """
+    from safetensors.torch import save_file
+    sd = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
+    if args.tie_word_embeddings:
+        sd = {k: v for k, v in sd.items() if k != "lm_head.weight"}  # safetensors stores shared tensors once
+    out_dir = os.path.abspath(out_dir)
+    tmp = out_dir + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    shards, cur, size = [], {}, 0  # greedy sharding in key order, like HF's save_pretrained
+    for name, t in sd.items():
+        t = t.detach().to("cpu", dtype).contiguous()
+        nbytes = t.numel() * t.element_size()
+        if cur and size + nbytes > max_shard_bytes:
+            shards.append(cur)
+            cur, size = {}, 0
+        cur[name] = t
+        size += nbytes
+    shards.append(cur)
+    if len(shards) == 1:
+        save_file(shards[0], os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+    else:
+        weight_map, total = {}, 0
+        for i, shard in enumerate(shards):
+            fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, os.path.join(tmp, fname), metadata={"format": "pt"})
+            for name, t in shard.items():
+                weight_map[name] = fname
+                total += t.numel() * t.element_size()
+        with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
+            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+        json.dump(hf_config(args, dtype), f, indent=2)
+    with open(os.path.join(tmp, "generation_config.json"), "w") as f:
+        json.dump({"bos_token_id": 1, "eos_token_id": 2}, f, indent=2)
+    if tokenizer_path is not None:
+        shutil.copyfile(tokenizer_path, os.path.join(tmp, "tokenizer.model"))
+    if os.path.exists(out_dir):
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+# -----------------------------------------------------------------------------
+# our own training checkpoints: torch.distributed.checkpoint folders written by train.py
+
+def is_dcp_checkpoint(path):
+    return os.path.isfile(os.path.join(path, ".metadata"))
+
+
+def load_model(path, dtype=torch.float32, device="cpu"):
+    """An HF folder or one of train.py's checkpoint folders (which carry an HF config.json beside the shards)."""
+    if not is_dcp_checkpoint(path):
+        return load_hf(path, dtype=dtype, device=device)
+    import torch.distributed.checkpoint as dcp
+    args = read_hf_config(path)
+    model = Transformer(args)  # fp32 on CPU, then cast: DCP loads into existing tensors, resharding as needed
+    state = {"model": model.state_dict()}
+    dcp.load(state, checkpoint_id=path)
+    model.load_state_dict(state["model"])
+    return model.to(device=device, dtype=dtype).eval()

@@ -1,0 +1,52 @@
+"""
+Continue a prompt with a LLaMA model (an HF folder or one of train.py's checkpoints), using the KV cache.
+
+    python sample.py --init_from=out/pmc/hf --prompt="Aspirin is" --max_new_tokens=64 --temperature=0
+
+--temperature=0 is greedy decoding; an empty prompt starts from BOS alone. Tokens/s goes to stderr.
+"""
+import sys
+import time
+
+import torch
+
+from configurator import configure
+from model import load_model
+from tokenizer import Tokenizer
+
+init_from = ""  # HF folder or train.py checkpoint folder
+tokenizer = ""  # tokenizer.model file or folder; default: the one inside init_from
+prompt = ""
+max_new_tokens = 100
+temperature = 0.8  # 0 = greedy
+top_k = 200
+num_samples = 1
+seed = 1337
+device = "cuda" if torch.cuda.is_available() else "cpu"
+dtype = "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
+
+
+def main(argv=None):
+    cfg = configure(globals(), argv)
+    if not cfg["init_from"]:
+        raise SystemExit("sample.py: --init_from=PATH (an HF LLaMA folder or a train.py checkpoint) is required")
+    torch.manual_seed(cfg["seed"])
+    model = load_model(cfg["init_from"], dtype=getattr(torch, cfg["dtype"]), device=cfg["device"])
+    tok = Tokenizer(cfg["tokenizer"] or cfg["init_from"])
+    ids = tok.encode(cfg["prompt"], bos=True)
+    x = torch.tensor([ids], dtype=torch.long, device=cfg["device"])
+    gen = torch.Generator(device=cfg["device"]).manual_seed(cfg["seed"])
+    for _ in range(cfg["num_samples"]):
+        t0 = time.perf_counter()
+        y = model.generate(x, cfg["max_new_tokens"], temperature=cfg["temperature"], top_k=cfg["top_k"] or None,
+                           eos_id=tok.eos_id, generator=gen)
+        dt = time.perf_counter() - t0
+        new = y[0, len(ids):].tolist()
+        text = y[0, 1:].tolist()  # decode prompt and continuation together: sentencepiece's leading spaces stay right
+        print(tok.decode(text[:-1] if text[-1:] == [tok.eos_id] else text))
+        print("---------------")
+        print(f"{len(new)} tokens in {dt:.2f}s: {len(new) / dt:.1f} tokens/s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
