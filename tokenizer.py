@@ -31,9 +31,9 @@ class Tokenizer:
         ids = self.sp.encode(text)
         return ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
 
-    def encode_batch(self, texts, bos=False, eos=False):
-        """Many texts at once: sentencepiece's C++ loop, much faster than a Python one."""
-        out = self.sp.encode(list(texts))
+    def encode_batch(self, texts, bos=False, eos=False, num_threads=-1):
+        """Many texts at once in sentencepiece's C++ loop (num_threads=-1: all cores; 1 inside a worker pool)."""
+        out = self.sp.encode(list(texts), num_threads=num_threads)
         return [([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else []) for ids in out]
 
     def decode(self, ids):

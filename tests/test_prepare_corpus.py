@@ -1,0 +1,234 @@
+import glob
+import gzip
+import json
+import os
+import re
+import shutil
+import urllib.error
+
+import numpy as np
+import pytest
+import sentencepiece as spm
+
+import prepare_corpus as pc
+from conftest import data_path
+
+
+@pytest.fixture(scope="module")
+def sp():
+    return spm.SentencePieceProcessor(model_file=data_path("tokenizer", "llama_tokenizer.model"))
+
+
+def run(tmp_path, source, inputs, name="out", **kw):
+    argv = ["--source", *source.split(), "--input", *map(str, inputs), "--out_dir", str(tmp_path / name),
+            "--tokenizer", data_path("tokenizer", "llama_tokenizer.model"), "--val_fraction", "0", "--workers", "1",
+            "--quiet"]
+    for k, v in kw.items():
+        argv += [f"--{k}", str(v)]
+    return pc.main(argv), str(tmp_path / name)
+
+
+def docs_of(out, split="train"):
+    tokens, idx = pc.load_split(out, split)
+    return [tokens[idx[i]:idx[i + 1]].tolist() for i in range(len(idx) - 1)]
+
+
+def assert_roundtrip(out, texts, sp):
+    docs = docs_of(out)
+    assert len(docs) == len(texts)
+    for d, t in zip(docs, texts):
+        assert d == [1] + sp.encode(t) + [2]
+
+
+def pubtator_docs(path):
+    """An independent PubTator reader: title and abstract lines by PMID, in file order."""
+    order, title, abstract = [], {}, {}
+    for fp in sorted(glob.glob(os.path.join(path, "*.txt"))):
+        for line in open(fp, encoding="utf-8"):
+            m = re.match(r"^(\d+)\|([ta])\|(.*)$", line.rstrip("\n"))
+            if m:
+                pmid, kind, text = m.groups()
+                if kind == "t" and pmid in title:
+                    continue  # NCBI-disease repeats one PMID
+                if kind == "t":
+                    order.append(pmid)
+                    title[pmid] = text.strip()
+                elif pmid not in abstract:
+                    abstract[pmid] = text.strip()
+    return [f"{title[p]}\n{abstract[p]}" for p in order]
+
+
+def test_text_source_craft(tmp_path, sp):
+    folder = data_path("biomed_corpus", "craft_pmc_oa_fulltext", "txt")
+    meta, out = run(tmp_path, "text", [folder])
+    files = sorted(glob.glob(os.path.join(folder, "*.txt")))
+    assert len(files) == 91 and meta["splits"]["train"]["documents"] == 91
+    assert_roundtrip(out, [open(f, encoding="utf-8").read().strip() for f in files], sp)
+    assert meta["tokenizer_sha256"] == "9e556afd44213b6bd1be2b850ebbbd98f5481437a8021afaf58ee7fb1818d347"
+
+
+def test_pubtator_bc5cdr_and_ncbi(tmp_path, sp):
+    bc5 = data_path("biomed_corpus", "bc5cdr")
+    meta, out = run(tmp_path, "pubtator", [bc5])
+    assert meta["splits"]["train"]["documents"] == 1500 and meta["skipped"] == {}
+    assert_roundtrip(out, pubtator_docs(bc5), sp)
+    ncbi = data_path("biomed_corpus", "ncbi_disease")
+    meta, out = run(tmp_path, "pubtator", [ncbi], name="ncbi")
+    assert meta["splits"]["train"]["documents"] == 792
+    assert meta["skipped"] == {"duplicate_pmid": 1} and "8528200" in meta["skipped_examples"]["duplicate_pmid"][0]
+    assert_roundtrip(out, pubtator_docs(ncbi), sp)
+
+
+def test_pubmedqa_source_and_test_exclusion(tmp_path, sp):
+    path = data_path("pubmedqa", "ori_pqal.json")
+    recs = json.load(open(path))
+    meta, out = run(tmp_path, "pubmedqa", [path])
+    assert meta["splits"]["train"]["documents"] == 1000
+    assert_roundtrip(out, ["\n".join(r["CONTEXTS"] + [r["LONG_ANSWER"]]) for r in recs.values()], sp)
+    test_ids = data_path("pubmedqa", "test_ground_truth.json")
+    meta, out = run(tmp_path, "pubmedqa", [path], name="ex", exclude_ids=test_ids)
+    assert meta["splits"]["train"]["documents"] == 500 and meta["skipped"] == {"excluded_id": 500}
+    keep = [r for k, r in recs.items() if k not in json.load(open(test_ids))]
+    assert_roundtrip(out, ["\n".join(r["CONTEXTS"] + [r["LONG_ANSWER"]]) for r in keep], sp)
+
+
+def test_jsonl_source_with_field(tmp_path, sp):
+    path = data_path("medqa_usmle", "sample_200.jsonl")
+    meta, out = run(tmp_path, "jsonl", [path], text_field="question")
+    assert_roundtrip(out, [json.loads(l)["question"] for l in open(path)], sp)
+
+
+def make_s2orc(root, gz=False):
+    """A real-record shard pair: the metadata sample, plus the 3 real pdf_parse records re-keyed to 2 papers with a
+    pmc_id and 1 without (the sample's parses belong to papers outside the metadata sample)."""
+    metas = [json.loads(l) for l in open(data_path("s2orc", "metadata_sample.jsonl"))]
+    pmc = [m for m in metas if m["pmc_id"]]
+    no_pmc = [m for m in metas if not m["pmc_id"]]
+    parses = [json.load(open(f)) for f in sorted(glob.glob(data_path("s2orc", "pdf_parses_examples") + "/*.json"))]
+    for p, m in zip(parses, [pmc[0], no_pmc[0], pmc[5]]):
+        p["paper_id"] = m["paper_id"]
+    os.makedirs(root / "metadata")
+    os.makedirs(root / "pdf_parses")
+    op, ext = (gzip.open, ".jsonl.gz") if gz else (open, ".jsonl")
+    with op(root / "metadata" / f"metadata_0{ext}", "wt") as f:
+        f.writelines(json.dumps(m) + "\n" for m in metas)
+    with op(root / "pdf_parses" / f"pdf_parses_0{ext}", "wt") as f:
+        f.writelines(json.dumps(p) + "\n" for p in parses)
+    return pmc, parses
+
+
+def test_s2orc_join_keeps_pmc_papers_with_a_parse(tmp_path, sp):
+    pmc, parses = make_s2orc(tmp_path / "s2orc", gz=True)
+    meta, out = run(tmp_path, "s2orc", [tmp_path / "s2orc"])
+    assert meta["splits"]["train"]["documents"] == 2
+    assert meta["skipped"] == {"no_pmc_id": 1000 - 34, "no_pdf_parse": 32}
+    p0 = parses[0]
+    body = []
+    section = None
+    for para in p0["body_text"]:
+        if para["section"] and para["section"] != section:
+            body.append(para["section"])
+        section = para["section"]
+        body.append(para["text"])
+    text0 = "\n\n".join(s.strip() for s in [pmc[0]["title"]] + [a["text"] for a in p0["abstract"]] + body if s.strip())
+    assert docs_of(out)[0] == [1] + sp.encode(text0) + [2]
+    assert sp.decode(docs_of(out)[1][1:-1]).startswith(pmc[5]["title"])
+    meta, _ = run(tmp_path, "s2orc", [tmp_path / "s2orc"], name="all", require_pmc_id="False")
+    assert meta["splits"]["train"]["documents"] == 3
+
+
+def test_workers_give_identical_bytes_and_val_split(tmp_path):
+    craft = data_path("biomed_corpus", "craft_pmc_oa_fulltext", "txt")
+    bc5 = data_path("biomed_corpus", "bc5cdr")
+    outs = []
+    for w in (1, 2):
+        meta, out = run(tmp_path, "text pubtator", [craft, bc5], name=f"w{w}", workers=w, val_fraction=0.05)
+        outs.append(out)
+    for f in ("train.bin", "train.idx", "val.bin", "val.idx"):
+        assert open(os.path.join(outs[0], f), "rb").read() == open(os.path.join(outs[1], f), "rb").read(), f
+    assert 40 < meta["splits"]["val"]["documents"] < 120 and meta["splits"]["train"]["documents"] + \
+        meta["splits"]["val"]["documents"] == 1591
+
+
+# --- bad input -----------------------------------------------------------------------------------
+
+def test_bad_jsonl_records_are_counted_with_location(tmp_path):
+    p = tmp_path / "bad.jsonl"
+    with open(p, "wb") as f:
+        f.write(b'{"text": "Aspirin inhibits COX-1."}\n')
+        f.write(b'{"text": "broken\n')  # invalid JSON
+        f.write(b'{"title": "no text field"}\n')
+        f.write(b'{"text": "caf\xe9 latte"}\n')  # latin-1 byte: not UTF-8
+        f.write(b'{"text": "   "}\n')  # empty document
+        f.write(b'{"text": "Metformin lowers glucose."}\n')
+    meta, out = run(tmp_path, "jsonl", [p])
+    assert meta["splits"]["train"]["documents"] == 2
+    assert meta["skipped"] == {"invalid_json": 1, "no_text": 1, "invalid_utf8": 1, "empty": 1}
+    ex = meta["skipped_examples"]
+    assert ex["invalid_json"][0].startswith(f"{p}:2") and ex["no_text"][0].startswith(f"{p}:3")
+    assert ex["invalid_utf8"][0].startswith(f"{p}:4") and ex["empty"][0] == f"{p}:5"
+
+
+def test_truncated_gzip_is_counted_and_earlier_records_kept(tmp_path):
+    full = gzip.compress(b"".join(b'{"text": "document number %d about insulin"}\n' % i for i in range(2000)))
+    p = tmp_path / "cut.jsonl.gz"
+    p.write_bytes(full[: len(full) // 2])
+    meta, _ = run(tmp_path, "jsonl", [p])
+    assert meta["skipped"] == {"truncated_gzip": 1}
+    assert 0 < meta["splits"]["train"]["documents"] < 2000
+
+
+def test_pubtator_block_without_abstract(tmp_path):
+    p = tmp_path / "x.txt"
+    p.write_text("1|t|Title one\n1|a|Abstract one.\n1\t0\t5\tTitle\tDisease\tD1\n\n"
+                 "2|t|Title only\n2\t0\t5\tTitle\tDisease\tD1\n\n"
+                 "3|t|Title three\n3|a|\n\n"
+                 "4|t|Title four\n4|a|Abstract four.\n")
+    meta, out = run(tmp_path, "pubtator", [p])
+    assert meta["splits"]["train"]["documents"] == 2
+    assert meta["skipped"] == {"no_abstract": 2}
+    assert meta["skipped_examples"]["no_abstract"][0] == f"{p}:5: 2"
+
+
+def test_missing_input_or_tokenizer_fails_before_work(tmp_path):
+    with pytest.raises(SystemExit, match="no such file or folder"):
+        run(tmp_path, "text", [tmp_path / "nope"])
+    (tmp_path / "d").mkdir()
+    with pytest.raises(FileNotFoundError, match="no sentencepiece tokenizer"):
+        pc.main(["--source", "text", "--input", str(tmp_path / "d"), "--tokenizer", str(tmp_path / "t.model"),
+                 "--out_dir", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(SystemExit, match="unknown; known"):
+        run(tmp_path, "pdf", [tmp_path / "d"])
+
+
+def test_large_vocab_switches_to_uint32(tmp_path, monkeypatch):
+    class BigVocab(pc.Tokenizer):
+        def __init__(self, path):
+            super().__init__(path)
+            self.vocab_size = 128_256
+    monkeypatch.setattr(pc, "Tokenizer", BigVocab)
+    meta, out = run(tmp_path, "text", [data_path("biomed_corpus", "craft_pmc_oa_fulltext", "txt")])
+    assert meta["dtype"] == "uint32" and "uint32" in meta["note"]
+    assert os.path.getsize(os.path.join(out, "train.bin")) == 4 * meta["splits"]["train"]["tokens"]
+    assert docs_of(out)[0][0] == 1
+
+
+def test_download_offline_message_and_local_mirror(tmp_path):
+    def offline(url, timeout):
+        raise urllib.error.URLError("Name or service not known")
+    with pytest.raises(SystemExit) as e:
+        pc.download("bc5cdr", str(tmp_path / "bc5"), urlopen=offline)
+    assert "offline" in str(e.value) and "CDR_TestSet.PubTator.txt" in str(e.value) and str(tmp_path) in str(e.value)
+
+    def local_copy(url, timeout):  # serve the staged byte-for-byte copies as if from their repositories
+        return open(data_path("biomed_corpus", "bc5cdr", os.path.basename(url)), "rb")
+    pc.download("bc5cdr", str(tmp_path / "bc5"), urlopen=local_copy)
+    assert sorted(os.listdir(tmp_path / "bc5")) == ["CDR_DevelopmentSet.PubTator.txt", "CDR_TestSet.PubTator.txt",
+                                                    "CDR_TrainingSet.PubTator.txt"]
+
+    def wrong_file(url, timeout):
+        return open(data_path("biomed_corpus", "bc5cdr", "README.txt"), "rb")
+    with pytest.raises(SystemExit, match="sha256 mismatch"):
+        pc.download("ncbi_disease", str(tmp_path / "ncbi"), urlopen=wrong_file)
+    assert not os.listdir(tmp_path / "ncbi")
