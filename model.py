@@ -11,12 +11,14 @@ import json
 import math
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 
 @dataclass
@@ -208,6 +210,7 @@ class Transformer(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.args = args
+        self.activation_checkpointing = False
         self.model = LlamaModel(args)
         self.lm_head = nn.Linear(args.dim, args.vocab_size, bias=False)
         if args.tie_word_embeddings:
@@ -223,25 +226,32 @@ class Transformer(nn.Module):
         self.rope_cos, self.rope_sin = rope_tables(self.args, device=self.rope_cos.device)
 
     @torch.no_grad()
-    def init_weights(self, std=0.02, generator=None):
-        """From-scratch init (HF's initializer_range=0.02); residual outputs scaled by 1/sqrt(2 * n_layers)."""
+    def init_weights(self, std=0.02, seed=0):
+        """From-scratch init (HF's initializer_range=0.02); residual outputs scaled by 1/sqrt(2 * n_layers).
+
+        Each parameter is drawn whole from one seeded generator, then copied (for an FSDP-sharded parameter, this
+        rank's rows only): the weights are the same for any number of processes.
+        """
+        gen = torch.Generator().manual_seed(seed)
         out_std = std / math.sqrt(2 * self.args.n_layers)
         for name, p in self.named_parameters():
             if name.endswith("norm.weight"):
-                p.fill_(1.0)
+                full = torch.ones(p.shape)
             else:
                 s = out_std if name.endswith(("o_proj.weight", "down_proj.weight")) else std
-                p.normal_(0.0, s, generator=generator)
+                full = torch.empty(p.shape).normal_(0.0, s, generator=gen)
+            copy_param_(p, full)
         self.init_rope()
 
     def num_params(self):
         return sum(p.numel() for p in self.parameters())  # parameters() counts a tied weight once
 
     # --- forward -------------------------------------------------------------------------------
-    def forward(self, idx, targets=None, start_pos=0):
+    def forward(self, idx, targets=None, start_pos=0, reduction="mean"):
         """idx (B, T) token ids -> (logits (B, T, V), loss or None).
 
-        With targets (B, T), loss is the mean cross-entropy over positions whose target is not -100.
+        With targets (B, T), loss is the cross-entropy over positions whose target is not -100: their mean, or with
+        reduction="sum" their sum (the training loop normalises by the whole global batch's token count).
         start_pos is the position of idx[:, 0]: non-zero only when decoding with a KV cache.
         """
         T = idx.size(1)
@@ -250,11 +260,15 @@ class Transformer(nn.Module):
         cos, sin = self.rope_cos[start_pos:start_pos + T], self.rope_sin[start_pos:start_pos + T]
         x = self.model.embed_tokens(idx)
         for layer in self.model.layers:
-            x = layer(x, cos, sin, start_pos)
+            if self.activation_checkpointing and self.training:  # recompute the block in backward: less memory
+                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, start_pos, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, start_pos)
         logits = self.lm_head(self.model.norm(x))
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100,
+                                   reduction=reduction)
         return logits, loss
 
     # --- generation -------------------------------------------------------------------------
@@ -354,7 +368,7 @@ def hf_config(args: ModelArgs, dtype=torch.float32):
     }
 
 
-def _checkpoint_files(path):
+def checkpoint_files(path):
     """-> (list of weight files, loader kind). Prefers safetensors; *.bin only through torch.load(weights_only)."""
     for index, kind in (("model.safetensors.index.json", "safetensors"), ("pytorch_model.bin.index.json", "bin")):
         ip = os.path.join(path, index)
@@ -400,16 +414,38 @@ def read_hf_config(path):
 def load_hf(path, dtype=torch.float32, device="cpu"):
     """Build a Transformer from an HF LLaMA folder, tensor by tensor, straight into dtype on device."""
     args = read_hf_config(path)
-    files, kind = _checkpoint_files(path)
+    files, kind = checkpoint_files(path)
     with torch.device("meta"):
         model = Transformer(args)
-    model.to_empty(device=device)
-    model.to(dtype)
-    if args.tie_word_embeddings:  # to_empty() unties: tie again
-        model.lm_head.weight = model.model.embed_tokens.weight
-    model.init_rope()
+    materialize(model, device, dtype)
     load_state_dict_streaming(model, iter_checkpoint_tensors(files, kind), where=path)
     return model.eval()
+
+
+def materialize(model, device, dtype=None):
+    """Give a meta-device model (maybe FSDP-sharded) real, uninitialised storage on device, keeping tied weights
+    tied (tensor swapping keeps each Parameter object, so a shared one stays shared), and build the rope tables."""
+    swap = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        model.to_empty(device=device)
+        if dtype is not None:
+            model.to(dtype)
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(swap)
+    model.init_rope()
+    return model
+
+
+@torch.no_grad()
+def copy_param_(p, full):
+    """p.copy_(full), where p may be an FSDP2-sharded DTensor: then only this rank's shard is copied, no traffic."""
+    if hasattr(p, "device_mesh"):
+        from torch.distributed.tensor import distribute_tensor
+        full = distribute_tensor(full.to(p.device, p.dtype), p.device_mesh, p.placements, src_data_rank=None)
+        p.to_local().copy_(full.to_local())
+    else:
+        p.copy_(full)
 
 
 @torch.no_grad()
@@ -428,7 +464,7 @@ def load_state_dict_streaming(model, named_tensors, where="checkpoint"):
         p = params[name]
         if tuple(t.shape) != tuple(p.shape):
             raise ValueError(f"{where}: tensor {name} has shape {tuple(t.shape)} but the model expects {tuple(p.shape)}")
-        p.copy_(t)
+        copy_param_(p, t)
         seen.add(name)
     missing = sorted(expected - seen)
     if missing or unexpected:
@@ -505,6 +541,8 @@ def load_model(path, dtype=torch.float32, device="cpu"):
     args = read_hf_config(path)
     model = Transformer(args)  # fp32 on CPU, then cast: DCP loads into existing tensors, resharding as needed
     state = {"model": model.state_dict()}
-    dcp.load(state, checkpoint_id=path)
+    with warnings.catch_warnings():  # loading in one process is what we want here
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=path)
     model.load_state_dict(state["model"])
     return model.to(device=device, dtype=dtype).eval()

@@ -1,0 +1,218 @@
+import json
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import prepare_corpus as pc
+from conftest import ROOT, data_path
+
+TINY = ["--init_from=scratch", "--dim=32", "--n_layers=2", "--n_heads=4", "--n_kv_heads=2", "--intermediate_size=64",
+        "--block_size=64", "--micro_batch_size=2", "--global_batch_size=8", "--dtype=float32", "--learning_rate=3e-3",
+        "--warmup_iters=1", "--eval_interval=0", "--log_interval=1", "--device=cpu", "--export_dtype=float32"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("corpus")
+    pc.main(["--source", "pubtator", "--input", data_path("biomed_corpus", "bc5cdr", "CDR_DevelopmentSet.PubTator.txt"),
+             "--tokenizer", data_path("tokenizer", "llama_tokenizer.model"), "--out_dir", str(out),
+             "--val_fraction", "0.05", "--workers", "1", "--quiet"])
+    return str(out)
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train(out_dir, corpus, *extra, nproc=1, check=True):
+    args = [f"--out_dir={out_dir}", f"--data_dir={corpus}", *TINY, *extra]
+    if nproc == 1:
+        cmd = [sys.executable, "train.py", *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+               f"--master_port={free_port()}", "train.py", *args]
+    r = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=180)
+    if check and r.returncode != 0:
+        raise AssertionError(r.stdout[-3000:] + r.stderr[-5000:])
+    return r
+
+
+def losses(out_dir):
+    return {r["iter"]: r["loss"] for r in map(json.loads, open(os.path.join(out_dir, "log.jsonl"))) if "loss" in r}
+
+
+def final_weights(out_dir):
+    from safetensors.torch import load_file
+    return load_file(os.path.join(out_dir, "hf", "model.safetensors"))
+
+
+def test_two_processes_match_one(tmp_path, corpus):
+    train(tmp_path / "one", corpus, "--max_iters=4")
+    train(tmp_path / "two", corpus, "--max_iters=4", nproc=2)
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert sorted(one) == [1, 2, 3, 4] and one[4] < one[1]
+    for i in one:
+        assert abs(one[i] - two[i]) <= 1e-5, (i, one[i], two[i])
+    w1, w2 = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
+    assert max((w1[k] - w2[k]).abs().max().item() for k in w1) <= 1e-5
+
+
+def test_resume_is_exact(tmp_path, corpus):
+    train(tmp_path / "full", corpus, "--max_iters=6")
+    train(tmp_path / "split", corpus, "--max_iters=3", "--lr_decay_iters=6")  # the same schedule, stopped at 3
+    assert os.path.isdir(tmp_path / "split" / "ckpt-00000003")
+    train(tmp_path / "split", corpus, "--max_iters=6", "--init_from=resume")
+    full, split = losses(tmp_path / "full"), losses(tmp_path / "split")
+    for i in (4, 5, 6):
+        assert full[i] == split[i], (i, full[i], split[i])
+    w1, w2 = final_weights(tmp_path / "full"), final_weights(tmp_path / "split")
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
+KILL_IN_CKPT = """
+import os, signal, sys, torch
+import train
+real_save = torch.save
+def save(obj, path, *a, **k):  # dies right after the checkpoint's shards are written, before it is published
+    if "ckpt-00000004.tmp" in str(path):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(obj, path, *a, **k)
+torch.save = save
+train.main(sys.argv[1:])
+"""
+
+
+def test_sigterm_checkpoints_and_resume_continues_exactly(tmp_path, corpus):
+    import signal
+    import time
+    args = [f"--out_dir={tmp_path / 'run'}", f"--data_dir={corpus}", *TINY, "--max_iters=200", "--ckpt_interval=0"]
+    p = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "run" / "log.jsonl"
+    while not (log.exists() and len(log.read_text().splitlines()) >= 3):
+        assert p.poll() is None, p.communicate()
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0 and "preempted: checkpoint saved at iteration" in out
+    from train import latest_checkpoint
+    k = int(latest_checkpoint(str(tmp_path / "run")).rsplit("-", 1)[1])
+    assert 3 <= k < 200
+    train(tmp_path / "run", corpus, "--max_iters=200", "--init_from=resume", f"--lr_decay_iters=200",
+          "--ckpt_interval=0", "--export_dtype=", f"--max_iters={k + 3}")
+    train(tmp_path / "ref", corpus, f"--max_iters={k + 3}", "--lr_decay_iters=200", "--export_dtype=")
+    resumed, ref = losses(tmp_path / "run"), losses(tmp_path / "ref")
+    assert [resumed[i] for i in range(k + 1, k + 4)] == [ref[i] for i in range(k + 1, k + 4)]
+
+
+def test_sigkill_during_checkpoint_write_keeps_previous(tmp_path, corpus):
+    args = [f"--out_dir={tmp_path / 'run'}", f"--data_dir={corpus}", *TINY, "--max_iters=6", "--ckpt_interval=2"]
+    r = subprocess.run([sys.executable, "-c", KILL_IN_CKPT, *args], cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert r.returncode == -9
+    names = sorted(os.listdir(tmp_path / "run"))
+    assert "ckpt-00000002" in names and "ckpt-00000004.tmp" in names and "ckpt-00000004" not in names
+    from model import load_model
+    from train import latest_checkpoint
+    assert latest_checkpoint(str(tmp_path / "run")).endswith("ckpt-00000002")
+    m = load_model(str(tmp_path / "run" / "ckpt-00000002"))  # loadable as a model
+    assert m(torch.tensor([[1, 2, 3]]))[0].isfinite().all()
+    train(tmp_path / "run", corpus, "--max_iters=6", "--init_from=resume", "--ckpt_interval=2")
+    full = tmp_path / "ref"
+    train(full, corpus, "--max_iters=6")
+    assert losses(tmp_path / "run")[6] == losses(full)[6]
+    assert "ckpt-00000004.tmp" not in os.listdir(tmp_path / "run")  # the rerun wrote it afresh and published it
+
+
+def test_export_loads_in_transformers_with_same_logits(tmp_path, corpus):
+    from transformers import LlamaForCausalLM
+    from model import load_model
+    train(tmp_path / "r", corpus, "--max_iters=2")
+    ours = load_model(str(tmp_path / "r" / "ckpt-00000002"))
+    hf = LlamaForCausalLM.from_pretrained(str(tmp_path / "r" / "hf")).eval()
+    assert os.path.isfile(tmp_path / "r" / "hf" / "tokenizer.model")
+    idx = torch.randint(0, 32000, (2, 40))
+    with torch.no_grad():
+        assert (hf(idx).logits - ours(idx)[0]).abs().max().item() <= 1e-5
+    cfg = json.load(open(tmp_path / "r" / "train_config.json"))
+    assert cfg["max_iters"] == 2 and cfg["grad_accum"] == 4
+
+
+def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path, corpus):
+    r = train(tmp_path / "nan", corpus, "--max_iters=40", "--ckpt_interval=1", "--learning_rate=1e9",
+              "--grad_clip=0.0", "--warmup_iters=0", check=False)
+    assert r.returncode != 0 and "non-finite loss" in r.stderr
+    from train import latest_checkpoint
+    last = latest_checkpoint(str(tmp_path / "nan"))
+    assert last is not None and f"last good checkpoint: {last}" in r.stderr
+    from model import load_model
+    load_model(last)
+
+
+def test_config_errors(tmp_path, corpus):
+    r = train(tmp_path / "x", corpus, "--global_batch_size=7", check=False)
+    assert r.returncode != 0 and "not divisible" in r.stderr
+    r = train(tmp_path / "x", corpus, "--learning_rat=1", check=False)
+    assert r.returncode != 0 and "unknown config key --learning_rat" in r.stderr
+    r = train(tmp_path / "x", corpus, "--max_iters=abc", check=False)
+    assert r.returncode != 0 and "expected int" in r.stderr or "not a valid int" in r.stderr
+
+
+# --- the per-paper window sampler -------------------------------------------------------------------
+
+def sampler(corpus, rank=0, world=1, micro=2, gbs=8, block=64):
+    from train import PaperWindows
+    c = SimpleNamespace(seed=7, block_size=block, micro_batch_size=micro, global_batch_size=gbs,
+                        grad_accum=gbs // (micro * world))
+    return PaperWindows(*pc.load_split(corpus, "train"), c, rank, world, pad_id=2)
+
+
+def test_every_paper_once_per_epoch_across_ranks(corpus):
+    ranks = [sampler(corpus, r, 2) for r in range(2)]
+    n = ranks[0].n
+    for epoch in (0, 1):
+        seen = [p for s in ranks for step in range(s.steps_per_epoch) for p in s.papers(epoch, step)]
+        assert sorted(seen) == list(range(n))
+    e0 = [p for step in range(ranks[0].steps_per_epoch) for p in ranks[0].papers(0, step)]
+    e1 = [p for step in range(ranks[0].steps_per_epoch) for p in ranks[0].papers(1, step)]
+    assert e0 != e1  # shuffled per epoch
+
+
+def test_windows_differ_between_epochs_and_padding_is_masked(corpus):
+    s = sampler(corpus, block=64)
+    tokens, idx = pc.load_split(corpus, "train")
+    lens = np.diff(idx)
+    _, off0 = s._plan(0)
+    off0 = off0.copy()
+    _, off1 = s._plan(1)
+    long = lens > 200
+    assert (off0[long] != off1[long]).mean() > 0.9
+    assert (off0 <= np.maximum(lens - 64, 0)).all()
+    s2 = sampler(corpus, block=512)  # most abstracts are shorter than 512: padded
+    rows = [(rx, ry) for x, y in s2.micro_batches(0, 0) for rx, ry in zip(x, y)]
+    papers = s2.papers(0, 0)
+    assert len(rows) == len(papers) == 8 and any(lens[p] < 512 for p in papers)
+    for (row_x, row_y), p in zip(rows, papers):
+        real = min(512, lens[p])
+        assert (row_y[real - 1:] == -100).all()  # padding (and the last real position) carry no loss
+        assert torch.equal(row_y[:real - 1], row_x[1:real])
+        if real < 512:  # a whole short paper: BOS ... EOS, then pad
+            assert row_x[0] == 1 and row_x[real - 1] == 2 and row_x[:real].tolist() == tokens[idx[p]:idx[p + 1]].tolist()
+    # the loss ignores padding: appending pad tokens does not change a document's summed loss
+    from model import ModelArgs, Transformer
+    m = Transformer(ModelArgs(dim=32, n_layers=1, n_heads=4, vocab_size=32000, intermediate_size=64, max_seq_len=512))
+    m.init_weights()
+    x, y = next(iter(s2.micro_batches(0, 0)))
+    n = int((y[0] != -100).sum())
+    with torch.no_grad():
+        a = m(x[:1], y[:1], reduction="sum")[1]
+        b = m(x[:1, :n + 1], y[:1, :n + 1], reduction="sum")[1]
+    assert abs(a.item() - b.item()) < 1e-3

@@ -1,0 +1,483 @@
+"""
+Continued pre-training of LLaMA on biomedical papers (PMC-LLaMA), with native torch FSDP2 in bf16.
+
+    torchrun --nproc_per_node=8 train.py configs/pmc.py          # the paper's recipe on 8 GPUs
+    python train.py configs/tiny_pmc.py                           # a tiny model on CPU, minutes
+    torchrun --nproc_per_node=2 train.py configs/tiny_pmc.py      # the same with 2 CPU processes (gloo)
+
+Each epoch every training paper contributes one random window of block_size tokens (a fresh window per epoch,
+seeded by (seed, epoch)); papers are shuffled per epoch and split across ranks without overlap. The loop itself,
+`fit()`, knows nothing of papers: fine-tuning (finetune_qa.py) hands it a model and another batch source.
+"""
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from configurator import configure
+from model import (ModelArgs, Transformer, checkpoint_files, hf_config, is_dcp_checkpoint, iter_checkpoint_tensors,
+                   load_state_dict_streaming, materialize, preset, read_hf_config, save_hf)
+
+# -----------------------------------------------------------------------------
+# defaults (override with a configs/*.py file and --key=value)
+out_dir = "out/tiny_pmc"
+init_from = "scratch"  # 'scratch' | 'resume' (newest checkpoint in out_dir) | an HF folder
+# model, for init_from='scratch': a preset name (llama-7b, llama2-13b, ...) or the dimensions below
+model_preset = ""
+dim = 256
+n_layers = 4
+n_heads = 4
+n_kv_heads = 0  # 0: = n_heads
+intermediate_size = 688
+data_dir = "data/biomed"  # prepare_corpus.py output
+tokenizer = ""  # tokenizer.model for the HF export; default: the one prepare_corpus.py recorded
+block_size = 512  # tokens per window (PMC-LLaMA: 512)
+micro_batch_size = 4  # sequences per forward/backward on each process
+global_batch_size = 128  # sequences per optimizer step over all processes (PMC-LLaMA: 128)
+epochs = 5.0  # training length in epochs (PMC-LLaMA: 5) ...
+max_iters = 0  # ... or in optimizer steps when > 0
+lr_decay_iters = 0  # steps of the warmup + cosine schedule; 0: the whole run
+learning_rate = 2e-5
+min_lr = 2e-6  # cosine decays to this
+warmup_iters = 0
+weight_decay = 0.0
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0  # 0 disables
+dtype = "bfloat16"  # 'bfloat16': bf16 compute, fp32 master weights and gradient reduction; 'float32'
+activation_checkpointing = False
+compile = False  # torch.compile each block (off by default on CPU)
+device = ""  # '' = cuda if available else cpu
+seed = 1337
+eval_interval = 100  # optimizer steps between validations (and at the end); 0 disables
+eval_batches = 8  # micro-batches of fixed held-out windows per process per validation
+log_interval = 1
+ckpt_interval = 500  # optimizer steps between checkpoints (and at the end); 0: only at the end
+keep_checkpoints = 2  # newest complete checkpoints kept
+export_dtype = "bfloat16"  # dtype of the final HF export ('' to skip the export)
+export_only = False  # with init_from='resume': write the HF export of the newest checkpoint and exit
+config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
+# -----------------------------------------------------------------------------
+
+# dense bf16 peak FLOP/s per GPU, for MFU
+PEAK_FLOPS = {"A100": 312e12, "H100": 989e12, "H200": 989e12, "A10G": 125e12, "L4": 121e12, "L40S": 362e12,
+              "A6000": 155e12, "4090": 165e12, "V100": 125e12}
+
+
+# -----------------------------------------------------------------------------
+# processes
+
+def setup_distributed(device=""):
+    """One process group always (world 1 for a plain `python train.py`): NCCL on GPUs, gloo on CPU."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        device = f"cuda:{local_rank}"
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    if not dist.is_initialized():
+        if "RANK" in os.environ:  # torchrun
+            dist.init_process_group(backend)
+        else:
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    return SimpleNamespace(rank=dist.get_rank(), world=dist.get_world_size(), device=torch.device(device),
+                           master=dist.get_rank() == 0)
+
+
+def all_sum(*values, device):
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def shard_model(model, c, device):
+    """FSDP2: each block, then the root (embeddings, final norm, lm_head). bf16 compute, fp32 reduction."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if c.dtype == "bfloat16" \
+        else MixedPrecisionPolicy()
+    model.activation_checkpointing = c.activation_checkpointing
+    for i, layer in enumerate(model.model.layers):
+        if c.compile:
+            layer.compile()
+        # the last block's parameters are needed again at once by the root's backward: keep them gathered
+        fully_shard(layer, mesh=mesh, mp_policy=mp, reshard_after_forward=i < len(model.model.layers) - 1)
+    fully_shard(model, mesh=mesh, mp_policy=mp)
+    return model
+
+
+def build_model(c, device, hf_path=None, model_args=None):
+    """Meta-device model -> FSDP2 -> real storage -> weights from an HF folder, or a seeded from-scratch init.
+    No process ever holds a full copy: each copies only its shard of each tensor as it streams past."""
+    args = read_hf_config(hf_path) if hf_path else model_args
+    with torch.device("meta"):
+        model = Transformer(args)
+    shard_model(model, c, device)
+    materialize(model, device)
+    if hf_path:
+        load_state_dict_streaming(model, iter_checkpoint_tensors(*checkpoint_files(hf_path)), where=hf_path)
+    else:
+        model.init_weights(seed=c.seed)
+    return model
+
+
+# -----------------------------------------------------------------------------
+# data: one random window per paper per epoch
+
+def step_rows(n_items, step, c, rank, world):
+    """Item indices (into an epoch's order) of each micro-batch of `step` on `rank`; -1 pads the epoch's last step.
+    Micro-batch m of rank r takes the (m * world + r)-th slice of the step, so 1 process with grad_accum 2k sees
+    exactly the batches that 2 processes with grad_accum k see together."""
+    start = step * c.global_batch_size
+    out = []
+    for m in range(c.grad_accum):
+        lo = start + (m * world + rank) * c.micro_batch_size
+        out.append([i if i < n_items else -1 for i in range(lo, lo + c.micro_batch_size)])
+    return out
+
+
+class PaperWindows:
+    """The batch source for pre-training: `steps_per_epoch` and `micro_batches(epoch, step)`, deterministic in
+    (seed, epoch, step) so that a resumed run sees exactly the batches the uninterrupted run would have."""
+
+    def __init__(self, tokens, idx, c, rank, world, pad_id, shuffle=True):
+        self.tokens, self.starts, self.lens = tokens, idx[:-1], np.diff(idx)
+        self.c, self.rank, self.world, self.pad_id, self.shuffle = c, rank, world, pad_id, shuffle
+        self.n = len(self.lens)
+        self.steps_per_epoch = math.ceil(self.n / c.global_batch_size)
+        self._epoch, self._order, self._offsets = None, None, None
+
+    def _plan(self, epoch):
+        if self._epoch != epoch:  # per epoch: paper order and each paper's window start
+            rng = np.random.default_rng([self.c.seed, epoch])
+            self._order = rng.permutation(self.n) if self.shuffle else np.arange(self.n)
+            room = np.maximum(self.lens - self.c.block_size, 0)
+            self._offsets = (rng.random(self.n) * (room + 1)).astype(np.int64)
+            self._epoch = epoch
+        return self._order, self._offsets
+
+    def window(self, paper, offset):
+        """(x, y) for one paper: block_size tokens from offset; y is x shifted left; padding and the last
+        position (whose next token lies outside the window) carry -100, exactly like HF's causal-LM loss."""
+        T = self.c.block_size
+        w = np.asarray(self.tokens[self.starts[paper] + offset: self.starts[paper] + offset + min(T, self.lens[paper])],
+                       dtype=np.int64)
+        x = np.full(T, self.pad_id, dtype=np.int64)
+        y = np.full(T, -100, dtype=np.int64)
+        x[:len(w)] = w
+        y[:len(w) - 1] = w[1:]
+        return x, y
+
+    def micro_batches(self, epoch, step):
+        order, offsets = self._plan(epoch)
+        T = self.c.block_size
+        for rows in step_rows(self.n, step, self.c, self.rank, self.world):
+            x = np.full((len(rows), T), self.pad_id, dtype=np.int64)
+            y = np.full((len(rows), T), -100, dtype=np.int64)
+            for j, i in enumerate(rows):
+                if i >= 0:
+                    p = order[i]
+                    x[j], y[j] = self.window(p, offsets[p])
+            yield torch.from_numpy(x), torch.from_numpy(y)
+
+    def papers(self, epoch, step):
+        """The papers this rank trains on at (epoch, step): for tests of the sampler."""
+        order, _ = self._plan(epoch)
+        return [int(order[i]) for rows in step_rows(self.n, step, self.c, self.rank, self.world) for i in rows if i >= 0]
+
+
+# -----------------------------------------------------------------------------
+# checkpoints: torch.distributed.checkpoint into ckpt-N.tmp, renamed to ckpt-N when complete
+
+CKPT = re.compile(r"^ckpt-(\d+)$")
+
+
+def latest_checkpoint(out_dir):
+    found = [(int(m.group(1)), d) for d in os.listdir(out_dir) if (m := CKPT.match(d))] if os.path.isdir(out_dir) else []
+    found = [(n, d) for n, d in found if is_dcp_checkpoint(os.path.join(out_dir, d))]
+    return os.path.join(out_dir, max(found)[1]) if found else None
+
+
+def save_checkpoint(model, opt, state, c, ctx, model_args):
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+    final = os.path.join(c.out_dir, f"ckpt-{state['iter']:08d}")
+    tmp = final + ".tmp"
+    if ctx.master:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+    dist.barrier()
+    sd = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
+    dcp.save(sd, checkpoint_id=tmp)
+    torch.save(torch.get_rng_state(), os.path.join(tmp, f"rng-{ctx.rank}.pt"))
+    dist.barrier()
+    if ctx.master:
+        with open(os.path.join(tmp, "config.json"), "w") as f:  # an HF config: load_model() reads this folder
+            json.dump(hf_config(model_args), f, indent=2)
+        with open(os.path.join(tmp, "train_state.json"), "w") as f:
+            json.dump({**state, "world_size": ctx.world, "config": vars(c)}, f, indent=2)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)  # atomic: a crash before this line leaves only a .tmp, never a broken ckpt-N
+        old = sorted((int(m.group(1)), d) for d in os.listdir(c.out_dir) if (m := CKPT.match(d)))
+        for _, d in old[:-c.keep_checkpoints] if c.keep_checkpoints > 0 else []:
+            shutil.rmtree(os.path.join(c.out_dir, d), ignore_errors=True)
+    dist.barrier()
+    return final
+
+
+def load_checkpoint(model, opt, path, ctx):
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
+                                                         set_model_state_dict, set_optimizer_state_dict)
+    sd = {"model": get_model_state_dict(model)}
+    if opt is not None:
+        sd["optim"] = get_optimizer_state_dict(model, opt)
+    dcp.load(sd, checkpoint_id=path)
+    set_model_state_dict(model, sd["model"])
+    if opt is not None:
+        set_optimizer_state_dict(model, opt, sd["optim"])
+    rng = os.path.join(path, f"rng-{ctx.rank}.pt")
+    if os.path.isfile(rng):
+        torch.set_rng_state(torch.load(rng, weights_only=True))
+    with open(os.path.join(path, "train_state.json")) as f:
+        return json.load(f)
+
+
+def export_hf(model, model_args, path, dtype, tokenizer_path, ctx):
+    """Gather the full weights onto rank 0 (CPU) and write an HF folder."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if ctx.master:
+        save_hf(sd, model_args, path, dtype=getattr(torch, dtype), tokenizer_path=tokenizer_path)
+    dist.barrier()
+    return path
+
+
+# -----------------------------------------------------------------------------
+# the loop
+
+def get_lr(it, total, c):
+    total = c.lr_decay_iters or total
+    if it < c.warmup_iters:
+        return c.learning_rate * (it + 1) / (c.warmup_iters + 1)
+    if total <= c.warmup_iters:
+        return c.learning_rate
+    progress = min(1.0, (it - c.warmup_iters) / max(1, total - c.warmup_iters))
+    return c.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (c.learning_rate - c.min_lr)
+
+
+def flops_per_token(args: ModelArgs, n_params, seq_len):
+    """Training FLOPs per token: 6N for the weights plus attention's 12 * layers * heads * head_dim * seq."""
+    return 6 * n_params + 12 * args.n_layers * args.n_heads * args.head_dim * seq_len
+
+
+def peak_flops(device):
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+@torch.no_grad()
+def evaluate(model, val_data, c, ctx):
+    """Token-weighted mean loss over a fixed set of held-out micro-batches."""
+    model.eval()
+    loss_sum, count = 0.0, 0
+    for i, (x, y) in enumerate(val_data.micro_batches(0, 0)):
+        x, y = x.to(ctx.device), y.to(ctx.device)
+        _, loss = model(x, y, reduction="sum")
+        loss_sum, count = loss_sum + loss.item(), count + int((y != -100).sum())
+    model.train()
+    loss_sum, count = all_sum(loss_sum, count, device=ctx.device)
+    return loss_sum / max(count, 1)
+
+
+class Preemption:
+    """SIGTERM/SIGINT set a flag; the loop checkpoints at the next step boundary and exits."""
+
+    def __init__(self):
+        self.requested = False
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, self._handler)
+
+    def _handler(self, signum, frame):
+        self.requested = True
+
+
+def fit(model, data, c, ctx, model_args, val_data=None, export=None):
+    """Train `model` (already sharded) on `data` (steps_per_epoch, micro_batches(epoch, step) -> (x, y) pairs).
+
+    Resumes from the newest checkpoint when c.init_from == 'resume'. The loss of a step is the mean over every
+    target token of the whole global batch (sum over micro-batches and ranks / their token count), so it does not
+    depend on how the batch is split across processes. export(model) is called at the end.
+    """
+    from tqdm import tqdm
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": c.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=c.learning_rate, betas=(c.beta1, c.beta2), eps=1e-8)
+    total = c.max_iters if c.max_iters > 0 else math.ceil(c.epochs * data.steps_per_epoch)
+    it = 0
+    if c.init_from == "resume":
+        path = latest_checkpoint(c.out_dir)
+        if path is None:
+            raise SystemExit(f"init_from='resume': no complete checkpoint (ckpt-N folder) in {c.out_dir}")
+        it = load_checkpoint(model, opt, path, ctx)["iter"]
+        if ctx.master:
+            print(f"resumed from {path} at iteration {it}")
+    if c.export_only:
+        return export(model) if export else None
+    n_params = sum(p.numel() for p in model.parameters())
+    fpt = flops_per_token(model_args, n_params, c.block_size)
+    peak = peak_flops(ctx.device)
+    tokens_per_step = c.global_batch_size * c.block_size
+    preempt = Preemption()
+    log_path = os.path.join(c.out_dir, "log.jsonl")
+    bar = tqdm(total=total, initial=it, desc="train", disable=not ctx.master, dynamic_ncols=True)
+    model.train()
+    it_last, t_last = it, time.perf_counter()
+    loss_val = None
+    while it < total:
+        epoch, step = divmod(it, data.steps_per_epoch)
+        lr = get_lr(it, total, c)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        batches = [(x.to(ctx.device), y.to(ctx.device)) for x, y in data.micro_batches(epoch, step)]
+        (n_tok,) = all_sum(sum(int((y != -100).sum()) for _, y in batches), device=ctx.device)
+        loss_sum = 0.0
+        for m, (x, y) in enumerate(batches):
+            model.set_requires_gradient_sync(m == len(batches) - 1)  # reduce-scatter once, on the last micro-step
+            _, loss = model(x, y, reduction="sum")
+            # FSDP averages gradients over ranks: scale by world so the result is sum(loss) / n_tok
+            (loss * (ctx.world / max(n_tok, 1))).backward()
+            loss_sum += loss.item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, c.grad_clip if c.grad_clip > 0 else float("inf"))
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+        (loss_sum, stop) = all_sum(loss_sum, preempt.requested, device=ctx.device)
+        loss_val = loss_sum / max(n_tok, 1)
+        if not math.isfinite(loss_val) or not math.isfinite(float(grad_norm)):
+            bar.close()
+            last = latest_checkpoint(c.out_dir)
+            raise FloatingPointError(f"non-finite loss {loss_val} / grad norm {float(grad_norm)} at iteration {it}; "
+                                     f"stopped without saving (last good checkpoint: {last})")
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        it += 1
+        bar.update(1)
+        rec = None
+        if it % c.log_interval == 0 or it == total:
+            now = time.perf_counter()
+            tps = tokens_per_step * (it - it_last) / max(now - t_last, 1e-9)
+            it_last, t_last = it, now
+            rec = {"iter": it, "epoch": round(it / data.steps_per_epoch, 4), "loss": loss_val, "lr": lr,
+                   "grad_norm": float(grad_norm), "tokens_per_s": round(tps, 1),
+                   "mfu": round(tps * fpt / (peak * ctx.world), 4) if peak else None}
+        if val_data is not None and c.eval_interval > 0 and (it % c.eval_interval == 0 or it == total):
+            v = evaluate(model, val_data, c, ctx)
+            rec = {**(rec or {"iter": it, "epoch": round(it / data.steps_per_epoch, 4)}), "val_loss": v,
+                   "val_ppl": math.exp(min(v, 50))}
+        if rec and ctx.master:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            bar.set_postfix(loss=f"{loss_val:.4f}", refresh=False)
+        if (c.ckpt_interval > 0 and it % c.ckpt_interval == 0) or it == total or stop:
+            save_checkpoint(model, opt, {"iter": it, "epoch": epoch, "step_in_epoch": step + 1, "seed": c.seed}, c, ctx,
+                            model_args)
+        if stop:
+            if ctx.master:
+                print(f"\npreempted: checkpoint saved at iteration {it}; resume with --init_from=resume")
+            bar.close()
+            return None
+    bar.close()
+    if ctx.master:
+        print(f"done: {it} iterations, final loss {loss_val if loss_val is not None else float('nan'):.4f}, "
+              f"log in {log_path}")
+    return export(model) if export else None
+
+
+# -----------------------------------------------------------------------------
+# pre-training
+
+def resolve(cfg, ctx):
+    """Config dict -> namespace with derived grad_accum; checks that the global batch divides."""
+    c = SimpleNamespace(**cfg)
+    per_step = c.micro_batch_size * ctx.world
+    if c.global_batch_size % per_step:
+        raise SystemExit(f"global_batch_size={c.global_batch_size} is not divisible by micro_batch_size="
+                         f"{c.micro_batch_size} x world_size={ctx.world}")
+    c.grad_accum = c.global_batch_size // per_step
+    return c
+
+
+def scratch_args(c, vocab_size):
+    if c.model_preset:
+        return preset(c.model_preset, vocab_size=vocab_size, max_seq_len=max(c.block_size, 2048))
+    return ModelArgs(dim=c.dim, n_layers=c.n_layers, n_heads=c.n_heads, n_kv_heads=c.n_kv_heads or None,
+                     vocab_size=vocab_size, intermediate_size=c.intermediate_size, max_seq_len=c.block_size)
+
+
+def main(argv=None):
+    cfg = configure(globals(), argv)
+    ctx = setup_distributed(cfg["device"])
+    c = resolve(cfg, ctx)
+    torch.manual_seed(c.seed)
+    from prepare_corpus import load_split
+    with open(os.path.join(c.data_dir, "meta.json")) as f:
+        meta = json.load(f)
+    tok_path = c.tokenizer or meta["tokenizer"]
+    if c.init_from == "resume":
+        ckpt = latest_checkpoint(c.out_dir)
+        if ckpt is None:
+            raise SystemExit(f"init_from='resume': no complete checkpoint (ckpt-N folder) in {c.out_dir}")
+        model_args = read_hf_config(ckpt)
+        model = build_model(c, ctx.device, model_args=model_args)  # weights come from the checkpoint in fit()
+    elif c.init_from == "scratch":
+        model_args = scratch_args(c, meta["vocab_size"])
+        model = build_model(c, ctx.device, model_args=model_args)
+    else:
+        model = build_model(c, ctx.device, hf_path=c.init_from)
+        model_args = model.args
+    if model_args.vocab_size < meta["vocab_size"]:
+        raise SystemExit(f"model vocab_size {model_args.vocab_size} < corpus vocab_size {meta['vocab_size']}")
+    if ctx.master:
+        os.makedirs(c.out_dir, exist_ok=True)
+        with open(os.path.join(c.out_dir, "train_config.json"), "w") as f:
+            json.dump({**vars(c), "world_size": ctx.world, "model": asdict(model_args)}, f, indent=2)
+        print(f"{sum(p.numel() for p in model.parameters()):,} parameters, {ctx.world} process(es) on "
+              f"{ctx.device.type}, grad_accum {c.grad_accum}, global batch {c.global_batch_size} x {c.block_size}")
+    pad = meta["eos_id"]
+    data = PaperWindows(*load_split(c.data_dir, "train"), c, ctx.rank, ctx.world, pad)
+    val = None
+    if meta["splits"]["val"]["documents"] > 0:
+        # fixed windows: epoch 0's draw of the val papers, the first eval_batches micro-batches per rank
+        vc = SimpleNamespace(**{**vars(c), "grad_accum": c.eval_batches,
+                                "global_batch_size": c.micro_batch_size * c.eval_batches * ctx.world})
+        val = PaperWindows(*load_split(c.data_dir, "val"), vc, ctx.rank, ctx.world, pad, shuffle=False)
+
+    def export(m):
+        if c.export_dtype:
+            path = export_hf(m, model_args, os.path.join(c.out_dir, "hf"), c.export_dtype, tok_path, ctx)
+            if ctx.master:
+                print(f"exported {path}")
+            return path
+
+    try:
+        return fit(model, data, c, ctx, model_args, val_data=val, export=export)
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
