@@ -449,9 +449,12 @@ def copy_param_(p, full):
 
 
 @torch.no_grad()
-def load_state_dict_streaming(model, named_tensors, where="checkpoint"):
-    """Copy (name, tensor) pairs into model's parameters with strict name and shape checks."""
+def load_state_dict_streaming(model, named_tensors, where="checkpoint", names=None):
+    """Copy (name, tensor) pairs into model's parameters with strict name and shape checks.
+    names: the parameters the checkpoint must provide (default all; e.g. the base without LoRA layers)."""
     params = dict(model.named_parameters())  # a tied lm_head shows up once, under model.embed_tokens
+    if names is not None:
+        params = {n: params[n] for n in names if n in params}
     expected = set(params)
     seen, unexpected = set(), []
     for name, t in named_tensors:
@@ -538,6 +541,10 @@ def load_model(path, dtype=torch.float32, device="cpu"):
     if not is_dcp_checkpoint(path):
         return load_hf(path, dtype=dtype, device=device)
     import torch.distributed.checkpoint as dcp
+    keys = dcp.FileSystemReader(path).read_metadata().state_dict_metadata
+    if any(".lora_A." in k for k in keys):
+        raise ValueError(f"{path} is a LoRA fine-tuning checkpoint: load its base model and the adapter "
+                         "(finetune_qa.py writes out_dir/adapter; eval_qa.py --lora=ADAPTER_DIR)")
     args = read_hf_config(path)
     model = Transformer(args)  # fp32 on CPU, then cast: DCP loads into existing tensors, resharding as needed
     state = {"model": model.state_dict()}

@@ -117,19 +117,39 @@ def shard_model(model, c, device):
     return model
 
 
-def build_model(c, device, hf_path=None, model_args=None):
-    """Meta-device model -> FSDP2 -> real storage -> weights from an HF folder, or a seeded from-scratch init.
-    No process ever holds a full copy: each copies only its shard of each tensor as it streams past."""
-    args = read_hf_config(hf_path) if hf_path else model_args
+def build_model(c, device, init_path=None, model_args=None, extend=None):
+    """Meta-device model -> extend(model) (e.g. add LoRA layers) -> FSDP2 -> real storage -> weights.
+
+    Weights come from init_path (an HF folder, or a train.py checkpoint for the base parameters), each process
+    copying only its own shard of each tensor as it streams past, so none ever holds a full copy; without
+    init_path, a seeded from-scratch init. Parameters added by extend() are left for the caller to initialise.
+    """
+    args = read_hf_config(init_path) if init_path else model_args
     with torch.device("meta"):
         model = Transformer(args)
+    base_names = [n for n, _ in model.named_parameters()]
+    if extend is not None:
+        extend(model)
     shard_model(model, c, device)
     materialize(model, device)
-    if hf_path:
-        load_state_dict_streaming(model, iter_checkpoint_tensors(*checkpoint_files(hf_path)), where=hf_path)
-    else:
+    if init_path is None:
         model.init_weights(seed=c.seed)
+    elif is_dcp_checkpoint(init_path):
+        load_dcp_weights(model, init_path, base_names)
+    else:
+        load_state_dict_streaming(model, iter_checkpoint_tensors(*checkpoint_files(init_path)), where=init_path,
+                                  names=base_names)
     return model
+
+
+def load_dcp_weights(model, path, names):
+    """The parameters `names` of a (sharded) model from a train.py checkpoint, resharded to this world size."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
+    full = get_model_state_dict(model)
+    sd = {k: full[k] for k in names}
+    dcp.load({"model": sd}, checkpoint_id=path)
+    set_model_state_dict(model, sd, options=StateDictOptions(strict=False))
 
 
 # -----------------------------------------------------------------------------
@@ -225,6 +245,8 @@ def save_checkpoint(model, opt, state, c, ctx, model_args):
     if ctx.master:
         with open(os.path.join(tmp, "config.json"), "w") as f:  # an HF config: load_model() reads this folder
             json.dump(hf_config(model_args), f, indent=2)
+        if c.tokenizer:  # so that sample.py / eval_qa.py can take the checkpoint folder alone
+            shutil.copyfile(c.tokenizer, os.path.join(tmp, "tokenizer.model"))
         with open(os.path.join(tmp, "train_state.json"), "w") as f:
             json.dump({**state, "world_size": ctx.world, "config": vars(c)}, f, indent=2)
         shutil.rmtree(final, ignore_errors=True)
@@ -289,6 +311,14 @@ def peak_flops(device):
     return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
 
 
+def peak_memory_mib(device):
+    """Peak GPU memory allocated, or on CPU the process' peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 @torch.no_grad()
 def evaluate(model, val_data, c, ctx):
     """Token-weighted mean loss over a fixed set of held-out micro-batches."""
@@ -342,12 +372,11 @@ def fit(model, data, c, ctx, model_args, val_data=None, export=None):
     n_params = sum(p.numel() for p in model.parameters())
     fpt = flops_per_token(model_args, n_params, c.block_size)
     peak = peak_flops(ctx.device)
-    tokens_per_step = c.global_batch_size * c.block_size
     preempt = Preemption()
     log_path = os.path.join(c.out_dir, "log.jsonl")
     bar = tqdm(total=total, initial=it, desc="train", disable=not ctx.master, dynamic_ncols=True)
     model.train()
-    it_last, t_last = it, time.perf_counter()
+    tokens_seen, seen_last, t_last = 0, 0, time.perf_counter()
     loss_val = None
     while it < total:
         epoch, step = divmod(it, data.steps_per_epoch)
@@ -355,7 +384,9 @@ def fit(model, data, c, ctx, model_args, val_data=None, export=None):
         for g in opt.param_groups:
             g["lr"] = lr
         batches = [(x.to(ctx.device), y.to(ctx.device)) for x, y in data.micro_batches(epoch, step)]
-        (n_tok,) = all_sum(sum(int((y != -100).sum()) for _, y in batches), device=ctx.device)
+        n_tok, n_seen = all_sum(sum(int((y != -100).sum()) for _, y in batches), sum(x.numel() for x, _ in batches),
+                                device=ctx.device)
+        tokens_seen += n_seen
         loss_sum = 0.0
         for m, (x, y) in enumerate(batches):
             model.set_requires_gradient_sync(m == len(batches) - 1)  # reduce-scatter once, on the last micro-step
@@ -379,8 +410,8 @@ def fit(model, data, c, ctx, model_args, val_data=None, export=None):
         rec = None
         if it % c.log_interval == 0 or it == total:
             now = time.perf_counter()
-            tps = tokens_per_step * (it - it_last) / max(now - t_last, 1e-9)
-            it_last, t_last = it, now
+            tps = (tokens_seen - seen_last) / max(now - t_last, 1e-9)  # tokens processed, padding included
+            seen_last, t_last = tokens_seen, now
             rec = {"iter": it, "epoch": round(it / data.steps_per_epoch, 4), "loss": loss_val, "lr": lr,
                    "grad_norm": float(grad_norm), "tokens_per_s": round(tps, 1),
                    "mfu": round(tps * fpt / (peak * ctx.world), 4) if peak else None}
@@ -403,7 +434,7 @@ def fit(model, data, c, ctx, model_args, val_data=None, export=None):
     bar.close()
     if ctx.master:
         print(f"done: {it} iterations, final loss {loss_val if loss_val is not None else float('nan'):.4f}, "
-              f"log in {log_path}")
+              f"peak memory {peak_memory_mib(ctx.device):,.0f} MiB, log in {log_path}")
     return export(model) if export else None
 
 
@@ -436,7 +467,7 @@ def main(argv=None):
     from prepare_corpus import load_split
     with open(os.path.join(c.data_dir, "meta.json")) as f:
         meta = json.load(f)
-    tok_path = c.tokenizer or meta["tokenizer"]
+    c.tokenizer = c.tokenizer or meta["tokenizer"]
     if c.init_from == "resume":
         ckpt = latest_checkpoint(c.out_dir)
         if ckpt is None:
@@ -447,7 +478,7 @@ def main(argv=None):
         model_args = scratch_args(c, meta["vocab_size"])
         model = build_model(c, ctx.device, model_args=model_args)
     else:
-        model = build_model(c, ctx.device, hf_path=c.init_from)
+        model = build_model(c, ctx.device, init_path=c.init_from)
         model_args = model.args
     if model_args.vocab_size < meta["vocab_size"]:
         raise SystemExit(f"model vocab_size {model_args.vocab_size} < corpus vocab_size {meta['vocab_size']}")
@@ -468,7 +499,7 @@ def main(argv=None):
 
     def export(m):
         if c.export_dtype:
-            path = export_hf(m, model_args, os.path.join(c.out_dir, "hf"), c.export_dtype, tok_path, ctx)
+            path = export_hf(m, model_args, os.path.join(c.out_dir, "hf"), c.export_dtype, c.tokenizer, ctx)
             if ctx.master:
                 print(f"exported {path}")
             return path

@@ -14,7 +14,8 @@ from conftest import ROOT, data_path
 TINY = ["--init_from=scratch", "--dim=32", "--n_layers=2", "--n_heads=4", "--n_kv_heads=2", "--intermediate_size=64",
         "--block_size=64", "--micro_batch_size=2", "--global_batch_size=8", "--dtype=float32", "--learning_rate=3e-3",
         "--warmup_iters=1", "--eval_interval=0", "--log_interval=1", "--device=cpu", "--export_dtype=float32"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+ENV = {**os.environ, "PYTHONPATH": ROOT}
+ENV_DIST = {**ENV, "OMP_NUM_THREADS": "1"}  # two processes on two cores: one thread each
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def train(out_dir, corpus, *extra, nproc=1, check=True):
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
                f"--master_port={free_port()}", "train.py", *args]
-    r = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=180)
+    r = subprocess.run(cmd, cwd=ROOT, env=ENV if nproc == 1 else ENV_DIST, capture_output=True, text=True, timeout=180)
     if check and r.returncode != 0:
         raise AssertionError(r.stdout[-3000:] + r.stderr[-5000:])
     return r

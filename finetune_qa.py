@@ -1,0 +1,164 @@
+"""
+Medical QA fine-tuning (PMC-LLaMA's evaluation scenarios), full or LoRA, with train.py's loop.
+
+    torchrun --nproc_per_node=8 finetune_qa.py configs/ft_id.py                 # PubMedQA + MedMCQA train, full
+    torchrun --nproc_per_node=8 finetune_qa.py configs/ft_id.py --lora=True     # the same with LoRA (PEFT defaults)
+    torchrun --nproc_per_node=8 finetune_qa.py configs/ft_usmle.py              # data-efficient: USMLE train
+    python finetune_qa.py configs/ft_id_cpu.py [--lora=True]                    # CPU, minutes, on ../shared/data
+
+Every example becomes BOS + prompt + answer (qa_data's prompts, the ones eval_qa.py scores), prompt tokens are
+cut from the left when the sequence exceeds block_size (the answer is always kept), and only the answer tokens
+carry loss. A LoRA run saves out_dir/adapter in PEFT's format; a full run exports out_dir/hf.
+"""
+import json
+import os
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+import qa_data
+import train
+from configurator import configure
+from lora import (adapter_config, apply_lora, init_lora, is_lora_param, lora_state_dict, mark_only_lora_as_trainable,
+                  save_adapter)
+from model import read_hf_config, save_hf
+from tokenizer import Tokenizer
+
+# the training loop's settings and defaults, then fine-tuning's own
+globals().update({k: getattr(train, k) for k in train.config_keys})
+out_dir = "out/ft"
+init_from = ""  # HF folder or train.py checkpoint to fine-tune; 'resume' continues out_dir's newest checkpoint
+pubmedqa_train = ""  # ori_pqal.json (split below) or ori_pqaa.json (PQA-A, the paper's training set: split 'all')
+pubmedqa_split = "train"  # 'train': the PQA-L ids outside the official 500 test ids; 'all': every record
+medmcqa_train = ""  # MedMCQA train.json (JSON lines)
+medmcqa_cop_base = 1  # 1: raw release; 0: the Hugging Face copy
+usmle_train = ""  # MedQA-USMLE phrases_no_exclude_train.jsonl
+select = ""  # 'a:b': keep examples a..b-1 of each file (small runs)
+lora = False
+lora_r = 8
+lora_alpha = 8
+lora_dropout = 0.0
+lora_targets = "q_proj,v_proj"
+block_size = 512
+epochs = 3.0
+learning_rate = 2e-5
+global_batch_size = 128
+micro_batch_size = 4
+eval_interval = 0
+export_merged = False  # LoRA: also export the merged model as an HF folder
+config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
+
+
+def load_examples(c):
+    """The training examples of every configured benchmark file, in config order."""
+    sets = [("pubmedqa", c.pubmedqa_train), ("medmcqa", c.medmcqa_train), ("usmle", c.usmle_train)]
+    examples, counts = [], {}
+    for bench, path in sets:
+        if path:
+            ex = qa_data.load(bench, path, split=c.pubmedqa_split, cop_base=c.medmcqa_cop_base, select=c.select)
+            counts[bench] = len(ex)
+            examples += ex
+    if not examples:
+        raise SystemExit("no training data: set pubmedqa_train, medmcqa_train and/or usmle_train")
+    return examples, counts
+
+
+class QABatches:
+    """The batch source for fine-tuning, like train.PaperWindows: examples shuffled per epoch from (seed, epoch),
+    cut into disjoint per-rank micro-batches, each padded to its longest sequence with padding masked."""
+
+    def __init__(self, encoded, c, rank, world, pad_id):
+        self.encoded, self.c, self.rank, self.world, self.pad_id = encoded, c, rank, world, pad_id
+        self.n = len(encoded)
+        self.steps_per_epoch = -(-self.n // c.global_batch_size)
+
+    def micro_batches(self, epoch, step):
+        order = np.random.default_rng([self.c.seed, epoch]).permutation(self.n)
+        for rows in train.step_rows(self.n, step, self.c, self.rank, self.world):
+            seqs = [self.encoded[order[i]] if i >= 0 else ([self.pad_id], [-100]) for i in rows]
+            T = max(len(ids) for ids, _ in seqs)
+            x = torch.full((len(seqs), T), self.pad_id, dtype=torch.long)
+            y = torch.full((len(seqs), T), -100, dtype=torch.long)
+            for j, (ids, labels) in enumerate(seqs):
+                x[j, :len(ids)] = torch.tensor(ids)
+                y[j, :len(labels)] = torch.tensor(labels)
+            yield x, y
+
+
+def main(argv=None):
+    cfg = configure(globals(), argv)
+    ctx = train.setup_distributed(cfg["device"])
+    c = train.resolve(cfg, ctx)
+    torch.manual_seed(c.seed)
+    resume = c.init_from == "resume"
+    ckpt = train.latest_checkpoint(c.out_dir) if resume else None
+    if resume and ckpt is None:
+        raise SystemExit(f"init_from='resume': no complete checkpoint (ckpt-N folder) in {c.out_dir}")
+    if not c.init_from:
+        raise SystemExit("finetune_qa.py: set init_from to an HF folder or a train.py checkpoint")
+    c.tokenizer = c.tokenizer or (ckpt or c.init_from)
+    tok = Tokenizer(c.tokenizer)
+    c.tokenizer = tok.path
+
+    examples, counts = load_examples(c)
+    encoded = [qa_data.encode_example(tok.encode, tok.bos_id, ex, c.block_size) for ex in examples]
+    data = QABatches(encoded, c, ctx.rank, ctx.world, tok.pad_id)
+
+    targets = tuple(t.strip() for t in c.lora_targets.split(",") if t.strip())
+    extend = (lambda m: apply_lora(m, c.lora_r, c.lora_alpha, c.lora_dropout, targets)) if c.lora else None
+    if resume:  # every weight, base and adapter, comes from the checkpoint in fit()
+        model = train.build_model(c, ctx.device, model_args=read_hf_config(ckpt), extend=extend)
+    else:
+        model = train.build_model(c, ctx.device, init_path=c.init_from, extend=extend)
+        if c.lora:
+            init_lora(model, seed=c.seed)
+    n_train = mark_only_lora_as_trainable(model) if c.lora else sum(p.numel() for p in model.parameters())
+    model_args = model.args
+    if ctx.master:
+        os.makedirs(c.out_dir, exist_ok=True)
+        n_tok = sum(sum(l != -100 for l in labels) for _, labels in encoded)
+        print(f"{len(examples):,} examples {counts}, {n_tok:,} answer tokens; "
+              f"{'LoRA' if c.lora else 'full'} fine-tuning of {n_train:,} / "
+              f"{sum(p.numel() for p in model.parameters()):,} parameters on {ctx.world} process(es)")
+        with open(os.path.join(c.out_dir, "train_config.json"), "w") as f:
+            json.dump({**vars(c), "world_size": ctx.world, "examples": counts}, f, indent=2)
+
+    def export(m):
+        if c.lora:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+            sd = get_model_state_dict(m, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            path = os.path.join(c.out_dir, "adapter")
+            if ctx.master:
+                base = c.init_from if not resume else ""
+                save_adapter(lora_state_dict(sd), path, adapter_config(m, base_model_name_or_path=base))
+                print(f"saved LoRA adapter (PEFT format) to {path}")
+            if c.export_merged and ctx.master:
+                merged = merge_into_base(sd, model_args, c)
+                save_hf(merged, model_args, os.path.join(c.out_dir, "hf"), dtype=getattr(torch, c.export_dtype),
+                              tokenizer_path=c.tokenizer)
+            dist.barrier()
+            return path
+        if c.export_dtype:
+            return train.export_hf(m, model_args, os.path.join(c.out_dir, "hf"), c.export_dtype, c.tokenizer, ctx)
+
+    try:
+        return train.fit(model, data, c, ctx, model_args, export=export)
+    finally:
+        dist.destroy_process_group()
+
+
+def merge_into_base(sd, model_args, c):
+    """A full state dict with LoRA folded into the base weights (W + scale * B @ A), LoRA keys dropped."""
+    scale = c.lora_alpha / c.lora_r
+    out = {k: v for k, v in sd.items() if not is_lora_param(k)}
+    for k in list(out):
+        a = sd.get(k.removesuffix(".weight") + ".lora_A.weight")
+        if a is not None:
+            b = sd[k.removesuffix(".weight") + ".lora_B.weight"]
+            out[k] = (out[k].float() + scale * (b.float() @ a.float())).to(out[k].dtype)
+    return out
+
+
+if __name__ == "__main__":
+    main()

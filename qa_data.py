@@ -1,0 +1,229 @@
+"""
+The three medical QA benchmarks of PMC-LLaMA, in their official raw formats, and their prompts.
+
+Fine-tuning (finetune_qa.py) and evaluation (eval_qa.py) both read examples through this module, so a model is
+trained on exactly the strings it is scored on. Prompts are lm-evaluation-harness's templates, so zero-shot numbers
+are comparable with the harness:
+
+  pubmedqa  "Abstract: {contexts joined by \\n}\\nQuestion: {question}\\nAnswer:"        -> " yes" / " no" / " maybe"
+  medmcqa   "Question: {q}\\nChoices:\\nA. {opa}\\nB. {opb}\\nC. {opc}\\nD. {opd}\\nAnswer:"  -> " A" .. " D"
+  usmle     "Question: {q}\\nA. {A}\\nB. {B}\\nC. {C}\\nD. {D}\\nAnswer:"                  -> " A" .. " D"
+
+Formats:
+  pubmedqa  ori_pqal.json / ori_pqaa.json: {PMID: {QUESTION, CONTEXTS, final_decision, ...}}; PQA-L's official test
+            split is the 500 ids of test_ground_truth.json (looked for beside the data file), the other 500 are train.
+  medmcqa   JSON lines {question, opa, opb, opc, opd, cop, subject_name, id, ...}; `cop` is 1-based in the raw
+            release and 0-based in the Hugging Face copy: callers say which (cop_base), and data that contradicts
+            it (a cop of 0 when 1-based, of 4 when 0-based) is an error.
+  usmle     MedQA JSON lines {question, options: {A: .., B: .., ...}, answer_idx, answer, meta_info}.
+A malformed record is an error naming the file, the line (or PubMedQA id) and the field. This module knows nothing
+of models or tokenizers beyond the `encode` callable handed to `encode_example`.
+"""
+import json
+import os
+import re
+from dataclasses import dataclass, field
+
+BENCHMARKS = ("pubmedqa", "medmcqa", "usmle")
+PUBMEDQA_LABELS = ("yes", "no", "maybe")
+
+
+@dataclass
+class QAExample:
+    id: str
+    prompt: str  # the exact text before the answer, without BOS
+    choices: list  # answer continuations, e.g. [" A", " B", " C", " D"]
+    gold: int  # index into choices
+    info: dict = field(default_factory=dict)  # subject (MedMCQA), meta_info (USMLE)
+
+    @property
+    def answer(self):
+        return self.choices[self.gold]
+
+
+class QAFormatError(ValueError):
+    pass
+
+
+def _err(path, where, field_, msg):
+    return QAFormatError(f"{path}:{where}: field {field_!r}: {msg}")
+
+
+def check_bench(bench):
+    if bench not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {bench!r}; known: {', '.join(BENCHMARKS)}")
+    return bench
+
+
+# -----------------------------------------------------------------------------
+# prompts (lm-evaluation-harness templates)
+
+def pubmedqa_prompt(contexts, question):
+    return "Abstract: " + "\n".join(contexts) + f"\nQuestion: {question}\nAnswer:"
+
+
+def medmcqa_prompt(q, options):
+    return f"Question: {q}\nChoices:\n" + "".join(f"{k}. {v}\n" for k, v in zip("ABCD", options)) + "Answer:"
+
+
+def usmle_prompt(q, options):
+    return f"Question: {q}\n" + "".join(f"{k}. {v}\n" for k, v in options.items()) + "Answer:"
+
+
+# -----------------------------------------------------------------------------
+# loaders
+
+def _json_lines(path):
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise QAFormatError(f"{path}:{n}: invalid JSON ({e})") from None
+            if not isinstance(rec, dict):
+                raise QAFormatError(f"{path}:{n}: not a JSON object")
+            yield n, rec
+
+
+def _need_str(rec, key, path, where):
+    v = rec.get(key)
+    if not isinstance(v, str) or not v.strip():
+        raise _err(path, where, key, "missing or not a non-empty string")
+    return v
+
+
+def load_pubmedqa(path, split="test", test_ids=None):
+    """split: 'test' (the official 500 ids), 'train' (the other ids of the file) or 'all' (e.g. PQA-A)."""
+    if split not in ("test", "train", "all"):
+        raise ValueError(f"PubMedQA split {split!r}: use test, train or all")
+    with open(path, encoding="utf-8") as f:
+        try:
+            records = json.load(f)
+        except json.JSONDecodeError as e:
+            raise QAFormatError(f"{path}: invalid JSON ({e})") from None
+    if not isinstance(records, dict):
+        raise QAFormatError(f"{path}: expected an object {{PMID: record}}")
+    ids = None
+    if split != "all":
+        test_ids = test_ids or os.path.join(os.path.dirname(path), "test_ground_truth.json")
+        if not os.path.isfile(test_ids):
+            raise FileNotFoundError(f"PubMedQA split {split!r} needs the official test id list {test_ids} "
+                                    "(test_ground_truth.json of the pubmedqa repository)")
+        with open(test_ids) as f:
+            ids = set(json.load(f))
+        missing = ids - set(records)
+        if missing:
+            raise QAFormatError(f"{test_ids}: {len(missing)} test id(s) not in {path}, e.g. {sorted(missing)[0]}")
+    out = []
+    for pmid, r in records.items():
+        if ids is not None and (pmid in ids) != (split == "test"):
+            continue
+        if not isinstance(r, dict):
+            raise QAFormatError(f"{path}:{pmid}: record is not an object")
+        question = _need_str(r, "QUESTION", path, pmid)
+        contexts = r.get("CONTEXTS")
+        if not isinstance(contexts, list) or not contexts or not all(isinstance(c, str) for c in contexts):
+            raise _err(path, pmid, "CONTEXTS", "missing or not a list of strings")
+        label = r.get("final_decision")
+        if label not in PUBMEDQA_LABELS:
+            raise _err(path, pmid, "final_decision", f"{label!r} is not one of yes/no/maybe")
+        out.append(QAExample(pmid, pubmedqa_prompt(contexts, question), [" yes", " no", " maybe"],
+                             PUBMEDQA_LABELS.index(label), {}))
+    return out
+
+
+def load_medmcqa(path, cop_base):
+    """cop_base=1 for the raw release (train.json/dev.json), 0 for the Hugging Face copy."""
+    if cop_base not in (0, 1):
+        raise ValueError(f"cop_base must be 0 (Hugging Face copy) or 1 (raw release), not {cop_base!r}")
+    out = []
+    for n, r in _json_lines(path):
+        q = _need_str(r, "question", path, n)
+        opts = []
+        for k in ("opa", "opb", "opc", "opd"):
+            v = r.get(k)
+            if not isinstance(v, str):
+                raise _err(path, n, k, "missing option")
+            opts.append(v)
+        cop = r.get("cop")
+        if isinstance(cop, bool) or not isinstance(cop, int):
+            raise _err(path, n, "cop", f"{cop!r} is not an integer answer index")
+        if not cop_base <= cop <= cop_base + 3:
+            hint = (" (0 is a 0-based answer: this looks like the Hugging Face copy, pass cop_base=0)" if cop == 0
+                    else " (4 is a 1-based answer: this looks like the raw release, pass cop_base=1)" if cop == 4 else "")
+            raise _err(path, n, "cop", f"{cop} is outside {cop_base}..{cop_base + 3} for cop_base={cop_base}{hint}")
+        out.append(QAExample(str(r.get("id", n)), medmcqa_prompt(q, opts), [" A", " B", " C", " D"], cop - cop_base,
+                             {"subject": r.get("subject_name") or "Unknown"}))
+    return out
+
+
+def load_usmle(path):
+    out = []
+    for n, r in _json_lines(path):
+        q = _need_str(r, "question", path, n)
+        opts = r.get("options")
+        if not isinstance(opts, dict) or not opts:
+            raise _err(path, n, "options", "missing or not an object")
+        keys = sorted(opts)
+        if keys != [chr(ord("A") + i) for i in range(len(keys))] or len(keys) < 2:
+            raise _err(path, n, "options", f"keys {keys} are not A, B, C, ... in order")
+        if not all(isinstance(v, str) for v in opts.values()):
+            raise _err(path, n, "options", "option texts must be strings")
+        idx = r.get("answer_idx")
+        if idx not in opts:
+            raise _err(path, n, "answer_idx", f"{idx!r} is not among the options {keys}")
+        if "answer" in r and r["answer"] != opts[idx]:
+            raise _err(path, n, "answer", f"{r['answer']!r} is not option {idx} ({opts[idx]!r})")
+        options = {k: opts[k] for k in keys}
+        out.append(QAExample(str(r.get("id", n)), usmle_prompt(q, options), [f" {k}" for k in keys], keys.index(idx),
+                             {"meta_info": r.get("meta_info") or "unknown"}))
+    return out
+
+
+def load(bench, path, split="test", cop_base=1, select=""):
+    """Examples of a benchmark file. select='a:b' keeps examples a..b-1 (a Python slice, for small CPU runs)."""
+    check_bench(bench)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{bench}: no data file {path}")
+    if bench == "pubmedqa":
+        ex = load_pubmedqa(path, split)
+    elif bench == "medmcqa":
+        ex = load_medmcqa(path, cop_base)
+    else:
+        ex = load_usmle(path)
+    if select:
+        if not re.fullmatch(r"-?\d*:-?\d*", select):
+            raise ValueError(f"select={select!r}: expected 'start:end'")
+        a, b = (int(s) if s else None for s in select.split(":"))
+        ex = ex[a:b]
+    return ex
+
+
+def fewshot_prefix(shots):
+    """K solved examples, each prompt + its answer, separated by blank lines (the harness' few-shot layout)."""
+    return "".join(f"{e.prompt}{e.answer}\n\n" for e in shots)
+
+
+# -----------------------------------------------------------------------------
+# token sequences
+
+def continuation_tokens(encode, prompt, choice):
+    """lm-evaluation-harness' split: context = encode(prompt), continuation = encode(prompt + choice) after it."""
+    ctx = encode(prompt)
+    return ctx, encode(prompt + choice)[len(ctx):]
+
+
+def encode_example(encode, bos_id, ex: QAExample, block_size):
+    """(input ids, labels) for fine-tuning: BOS + prompt + answer, labels -100 everywhere but the answer tokens.
+    A sequence longer than block_size loses prompt tokens from the left (after BOS); the answer is always kept."""
+    ctx, ans = continuation_tokens(encode, ex.prompt, ex.answer)
+    room = block_size - 1 - len(ans)
+    if room < 0:
+        raise ValueError(f"example {ex.id}: answer of {len(ans)} tokens does not fit block_size={block_size}")
+    ctx = ctx[len(ctx) - room:] if len(ctx) > room else ctx
+    ids = [bos_id] + ctx + ans
+    # position t predicts token t+1: the label at t is ids[t+1] when t+1 is an answer token
+    labels = [-100] * (len(ids) - 1 - len(ans)) + ans + [-100]
+    return ids, labels
