@@ -64,7 +64,7 @@ def bench_corpus(cfg):
 
 
 def main(argv=None):
-    cfg = configure(globals(), argv)
+    cfg = configure(dict(globals()), argv)  # a copy: the defaults stay untouched
     benches = {"corpus": bench_corpus}
     if cfg["what"] not in benches:
         raise SystemExit(f"--what={cfg['what']}: known: {', '.join(benches)}")

@@ -1,9 +1,10 @@
 """
 nanoGPT-style configuration: a script keeps its defaults as plain module globals, then calls
 
-    config = configure(globals())
+    config = configure(dict(globals()))
 
-which applies, in order, any config files given as positional arguments (plain Python files of assignments) and
+(a copy of the globals, so that calling main() twice in one process starts from the same defaults), which
+applies, in order, any config files given as positional arguments (plain Python files of assignments) and
 any `--key=value` (or `--key value`) overrides. Overrides are type-checked against the defaults; unknown keys are
 errors, so a typo never silently trains the wrong model.
 """
@@ -13,7 +14,7 @@ import sys
 
 def _config_keys(g):
     return [k for k, v in g.items()
-            if not k.startswith("_") and isinstance(v, (int, float, bool, str, tuple, list, dict, type(None)))]
+            if not k.startswith("_") and isinstance(v, (int, float, bool, str, type(None)))]
 
 
 def _parse_value(key, raw, default):
@@ -29,8 +30,6 @@ def _parse_value(key, raw, default):
         return val
     if isinstance(default, float) and isinstance(val, int) and not isinstance(val, bool):
         return float(val)
-    if isinstance(default, (tuple, list)) and isinstance(val, (tuple, list)):
-        return type(default)(val)
     raise ValueError(f"--{key}={raw}: expected {type(default).__name__}, got {type(val).__name__}")
 
 

@@ -87,7 +87,7 @@ class QABatches:
 
 
 def main(argv=None):
-    cfg = configure(globals(), argv)
+    cfg = configure(dict(globals()), argv)  # a copy: the defaults stay untouched
     ctx = train.setup_distributed(cfg["device"])
     c = train.resolve(cfg, ctx)
     torch.manual_seed(c.seed)

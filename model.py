@@ -254,6 +254,15 @@ class Transformer(nn.Module):
         reduction="sum" their sum (the training loop normalises by the whole global batch's token count).
         start_pos is the position of idx[:, 0]: non-zero only when decoding with a KV cache.
         """
+        logits = self.lm_head(self.hidden(idx, start_pos))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100,
+                                   reduction=reduction)
+        return logits, loss
+
+    def hidden(self, idx, start_pos=0):
+        """The final normalised hidden states (B, T, dim): apply lm_head only where logits are needed."""
         T = idx.size(1)
         if start_pos + T > self.args.max_seq_len:
             raise ValueError(f"sequence end {start_pos + T} exceeds max_seq_len={self.args.max_seq_len}")
@@ -264,12 +273,7 @@ class Transformer(nn.Module):
                 x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, start_pos, use_reentrant=False)
             else:
                 x = layer(x, cos, sin, start_pos)
-        logits = self.lm_head(self.model.norm(x))
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100,
-                                   reduction=reduction)
-        return logits, loss
+        return self.model.norm(x)
 
     # --- generation -------------------------------------------------------------------------
     def setup_cache(self, batch_size, max_len, dtype=None, device=None):

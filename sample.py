@@ -27,7 +27,7 @@ dtype = "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported
 
 
 def main(argv=None):
-    cfg = configure(globals(), argv)
+    cfg = configure(dict(globals()), argv)  # a copy: the defaults stay untouched
     if not cfg["init_from"]:
         raise SystemExit("sample.py: --init_from=PATH (an HF LLaMA folder or a train.py checkpoint) is required")
     torch.manual_seed(cfg["seed"])

@@ -460,7 +460,7 @@ def scratch_args(c, vocab_size):
 
 
 def main(argv=None):
-    cfg = configure(globals(), argv)
+    cfg = configure(dict(globals()), argv)  # a copy: the defaults stay untouched
     ctx = setup_distributed(cfg["device"])
     c = resolve(cfg, ctx)
     torch.manual_seed(c.seed)
