@@ -2,6 +2,7 @@
 Benchmarks: measure and print (never asserted; the tests check correctness).
 
     python bench.py --what=corpus        # prepare_corpus.py: tokens/s for 1 vs 2 workers, peak RSS at 1x and 4x size
+    python bench.py --what=eval          # eval_qa.py loglik scoring vs the harness' per-choice loop, questions/s
 
 Results are printed as a table and written as JSON (--out).
 """
@@ -17,6 +18,7 @@ from configurator import configure
 what = "corpus"
 data_root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared", "data")
 out = ""  # JSON results file; default bench_{what}.json in the current folder
+eval_questions = 200  # --what=eval: MedMCQA questions (and half as many PubMedQA ones)
 
 
 def run_measured(cmd):
@@ -63,9 +65,47 @@ def bench_corpus(cfg):
     return rows
 
 
+def bench_eval(cfg):
+    """Our loglik scoring against the harness' method (one forward per question-choice pair) on the same random
+    LLaMA and the same real questions; predictions must be identical."""
+    import torch
+    import eval_qa
+    import qa_data
+    from model import ModelArgs, Transformer
+    from tokenizer import Tokenizer
+    torch.manual_seed(0)
+    model = Transformer(ModelArgs(dim=256, n_layers=4, n_heads=8, n_kv_heads=4, vocab_size=32000,
+                                  intermediate_size=688, max_seq_len=2048)).eval()
+    model.init_weights(seed=0)
+    tok = Tokenizer(os.path.join(cfg["data_root"], "tokenizer", "llama_tokenizer.model"))
+    rows = []
+    for bench, path, n in (("medmcqa", ("medmcqa", "dev.json"), cfg["eval_questions"]),
+                           ("pubmedqa", ("pubmedqa", "ori_pqal.json"), cfg["eval_questions"] // 2)):
+        examples = qa_data.load(bench, os.path.join(cfg["data_root"], *path), split="test", cop_base=1)[:n]
+        items = []
+        for ex in examples:
+            pairs = [eval_qa.encode_pair(tok, ex.prompt, ch) for ch in ex.choices]
+            items.append((pairs[0][0], [c for _, c in pairs]))
+        timings = {}
+        for name, kw in (("naive per-choice", dict(naive=True)), ("ours", dict())):
+            t0 = time.perf_counter()
+            scores = eval_qa.score_loglik(model, items, 16, "cpu", progress=False, **kw)
+            timings[name] = (time.perf_counter() - t0, [max(range(len(s)), key=s.__getitem__) for s in scores], scores)
+        (tn, pn, sn), (to, po, so) = timings["naive per-choice"], timings["ours"]
+        diff = max(abs(a - b) for x, y in zip(sn, so) for a, b in zip(x, y))
+        rows.append(dict(bench=bench, questions=len(items), naive_q_per_s=round(len(items) / tn, 2),
+                         ours_q_per_s=round(len(items) / to, 2), speedup=round(tn / to, 2),
+                         identical_predictions=pn == po, max_score_diff=diff))
+    print(f"{'bench':<9} {'questions':>9} {'naive q/s':>10} {'ours q/s':>9} {'speed-up':>9} {'same preds':>10} {'max |diff|':>11}")
+    for r in rows:
+        print(f"{r['bench']:<9} {r['questions']:>9} {r['naive_q_per_s']:>10} {r['ours_q_per_s']:>9} "
+              f"{r['speedup']:>8}x {str(r['identical_predictions']):>10} {r['max_score_diff']:>11.2e}")
+    return rows
+
+
 def main(argv=None):
     cfg = configure(dict(globals()), argv)  # a copy: the defaults stay untouched
-    benches = {"corpus": bench_corpus}
+    benches = {"corpus": bench_corpus, "eval": bench_eval}
     if cfg["what"] not in benches:
         raise SystemExit(f"--what={cfg['what']}: known: {', '.join(benches)}")
     results = {"what": cfg["what"], "results": benches[cfg["what"]](cfg)}

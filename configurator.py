@@ -53,11 +53,14 @@ def configure(g, argv=None):
             continue
         if "=" in arg:
             key, raw = arg[2:].split("=", 1)
-        else:  # `--key value`
-            key = arg[2:]
-            if i >= len(argv):
+        else:  # `--key value`, or a bare `--flag` for a boolean
+            key = arg[2:].replace("-", "_")
+            if isinstance(g.get(key), bool) and (i >= len(argv) or argv[i].startswith("--")):
+                raw = "True"
+            elif i >= len(argv):
                 raise ValueError(f"--{key} needs a value (--{key}=VALUE)")
-            raw, i = argv[i], i + 1
+            else:
+                raw, i = argv[i], i + 1
         key = key.replace("-", "_")
         if key not in keys:
             raise ValueError(f"unknown config key --{key}; known: {', '.join(sorted(keys))}")

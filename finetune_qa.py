@@ -101,6 +101,9 @@ def main(argv=None):
     tok = Tokenizer(c.tokenizer)
     c.tokenizer = tok.path
 
+    max_len = read_hf_config(ckpt or c.init_from).max_seq_len
+    if c.block_size > max_len:
+        raise SystemExit(f"block_size={c.block_size} exceeds the model's max_seq_len={max_len}; lower block_size")
     examples, counts = load_examples(c)
     encoded = [qa_data.encode_example(tok.encode, tok.bos_id, ex, c.block_size) for ex in examples]
     data = QABatches(encoded, c, ctx.rank, ctx.world, tok.pad_id)

@@ -105,7 +105,22 @@ def read_jsonl(path, skips, text_field="text"):
             yield str(obj.get("id", f"{fp}:{n}")), text, f"{fp}:{n}"
 
 
-def read_text(path, skips):
+def split_paragraphs(text, doc_chars):
+    """Cut a long text into documents of about doc_chars characters, at blank lines (for one-file corpora such as
+    WikiText or Tiny Shakespeare, so that each piece gets its own window per epoch like a paper)."""
+    docs, cur, size = [], [], 0
+    for para in re.split(r"\n\s*\n", text):
+        if cur and size + len(para) > doc_chars:
+            docs.append("\n\n".join(cur))
+            cur, size = [], 0
+        cur.append(para)
+        size += len(para) + 2
+    if cur:
+        docs.append("\n\n".join(cur))
+    return docs
+
+
+def read_text(path, skips, doc_chars=0):
     files = sorted(glob.glob(os.path.join(path, "*.txt"))) if os.path.isdir(path) else [path]
     for fp in files:
         with open(fp, "rb") as f:
@@ -115,7 +130,12 @@ def read_text(path, skips):
         except UnicodeDecodeError as e:
             skips.add("invalid_utf8", fp, str(e))
             continue
-        yield os.path.splitext(os.path.basename(fp))[0], text.strip(), fp
+        stem = os.path.splitext(os.path.basename(fp))[0]
+        if doc_chars <= 0:
+            yield stem, text.strip(), fp
+            continue
+        for i, doc in enumerate(split_paragraphs(text.strip(), doc_chars)):
+            yield f"{stem}#{i}", doc.strip(), f"{fp}#{i}"
 
 
 PUBTATOR_LINE = re.compile(r"^(\d+)\|([ta])\|(.*)$")
@@ -239,7 +259,7 @@ def read_source(kind, path, skips, args):
     if kind == "jsonl":
         return read_jsonl(path, skips, args.text_field)
     if kind == "text":
-        return read_text(path, skips)
+        return read_text(path, skips, args.doc_chars)
     if kind == "pubtator":
         return read_pubtator(path, skips)
     return read_pubmedqa(path, skips, args.exclude_ids)
@@ -456,6 +476,8 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1) - 1))
     p.add_argument("--min_tokens", type=int, default=1, help="skip documents with fewer tokens (counted)")
     p.add_argument("--text_field", default="text", help="jsonl: the field holding the text")
+    p.add_argument("--doc_chars", type=int, default=0,
+                   help="text: cut each file into documents of about this many characters at blank lines (0: whole)")
     p.add_argument("--require_pmc_id", type=lambda s: s.lower() in ("1", "true", "yes"), default=True,
                    help="s2orc: keep only papers with a PubMed Central id (the paper's filter)")
     p.add_argument("--exclude_ids", help="pubmedqa: JSON file whose keys are ids to leave out (test_ground_truth.json)")

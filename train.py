@@ -66,6 +66,7 @@ ckpt_interval = 500  # optimizer steps between checkpoints (and at the end); 0: 
 keep_checkpoints = 2  # newest complete checkpoints kept
 export_dtype = "bfloat16"  # dtype of the final HF export ('' to skip the export)
 export_only = False  # with init_from='resume': write the HF export of the newest checkpoint and exit
+eval_only = False  # measure the held-out loss / perplexity of init_from on data_dir's val split, and exit
 config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
 # -----------------------------------------------------------------------------
 
@@ -496,6 +497,19 @@ def main(argv=None):
         vc = SimpleNamespace(**{**vars(c), "grad_accum": c.eval_batches,
                                 "global_batch_size": c.micro_batch_size * c.eval_batches * ctx.world})
         val = PaperWindows(*load_split(c.data_dir, "val"), vc, ctx.rank, ctx.world, pad, shuffle=False)
+
+    if c.eval_only:
+        if val is None:
+            raise SystemExit(f"eval_only: {c.data_dir} has no val split (prepare it with --val_fraction > 0)")
+        v = evaluate(model, val, c, ctx)
+        result = {"model": c.init_from, "data_dir": c.data_dir, "val_loss": v, "val_ppl": math.exp(v),
+                  "val_tokens": int(sum((y != -100).sum().item() for _, y in val.micro_batches(0, 0)))}
+        if ctx.master:
+            with open(os.path.join(c.out_dir, "eval.json"), "w") as f:
+                json.dump(result, f, indent=2)
+            print(f"val loss {v:.4f}, perplexity {math.exp(v):.2f} ({c.init_from} on {c.data_dir})")
+        dist.destroy_process_group()
+        return result
 
     def export(m):
         if c.export_dtype:

@@ -232,3 +232,14 @@ def test_download_offline_message_and_local_mirror(tmp_path):
     with pytest.raises(SystemExit, match="sha256 mismatch"):
         pc.download("ncbi_disease", str(tmp_path / "ncbi"), urlopen=wrong_file)
     assert not os.listdir(tmp_path / "ncbi")
+
+
+def test_text_doc_chars_splits_one_file_corpora(tmp_path, sp):
+    path = data_path("general", "tinyshakespeare", "input.txt")
+    meta, out = run(tmp_path, "text", [path], doc_chars=8000)
+    docs = [sp.decode(d[1:-1]) for d in docs_of(out)]
+    assert len(docs) == meta["splits"]["train"]["documents"] > 100
+    text = open(path, encoding="utf-8").read().strip()
+    norm = lambda s: re.sub(r"\n\s*\n", "\n\n", s)
+    assert norm("\n\n".join(docs)) == norm(text)  # cut only at blank lines, nothing lost
+    assert max(len(d) for d in docs) < 8000 + 2000
