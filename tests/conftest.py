@@ -40,3 +40,13 @@ def make_hf_llama(path, seed=0, **overrides):
                 p.normal_(0, 0.1)
     hf.save_pretrained(path)
     return hf
+
+
+def make_hf_with_tokenizer(path, **overrides):
+    """A random tiny LLaMA with the real 32k LLaMA vocabulary, saved as an HF folder with its tokenizer.model."""
+    import shutil
+    cfg = dict(vocab_size=32000, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2, max_position_embeddings=2048)
+    make_hf_llama(path, **{**cfg, **overrides})
+    shutil.copy(data_path("tokenizer", "llama_tokenizer.model"), os.path.join(path, "tokenizer.model"))
+    return str(path)

@@ -1,5 +1,4 @@
 import json
-import shutil
 
 import pytest
 import sentencepiece as spm
@@ -7,18 +6,14 @@ import torch
 
 import eval_qa
 import qa_data
-from conftest import data_path, make_hf_llama
+from conftest import data_path, make_hf_with_tokenizer
 from model import load_hf
 from tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("m") / "hf"
-    make_hf_llama(path, vocab_size=32000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048)
-    shutil.copy(data_path("tokenizer", "llama_tokenizer.model"), path / "tokenizer.model")
-    return str(path)
+    return make_hf_with_tokenizer(tmp_path_factory.mktemp("m") / "hf")
 
 
 def items_for(tok, examples):

@@ -1,24 +1,18 @@
 import json
 import os
-import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from conftest import ROOT, data_path, make_hf_llama
+from conftest import ROOT, make_hf_with_tokenizer
 from test_train import ENV, ENV_DIST, free_port
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    """A random tiny LLaMA with the real 32k vocabulary, saved as an HF folder with its tokenizer."""
-    path = tmp_path_factory.mktemp("base") / "hf"
-    make_hf_llama(path, vocab_size=32000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
-    shutil.copy(data_path("tokenizer", "llama_tokenizer.model"), path / "tokenizer.model")
-    return str(path)
+    return make_hf_with_tokenizer(tmp_path_factory.mktemp("base") / "hf", max_position_embeddings=512)
 
 
 def finetune(config, out_dir, base, *extra, nproc=1):

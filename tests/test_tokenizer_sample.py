@@ -6,7 +6,7 @@ import pytest
 import sentencepiece as spm
 import torch
 
-from conftest import ROOT, data_path, make_hf_llama
+from conftest import ROOT, data_path, make_hf_with_tokenizer
 from tokenizer import Tokenizer
 
 
@@ -33,10 +33,7 @@ def test_tokenizer_found_in_folder_or_clear_error(tmp_path, tokenizer_path):
 
 
 def _hf_with_tokenizer(tmp_path, tokenizer_path):
-    import shutil
-    make_hf_llama(tmp_path / "hf", vocab_size=32000, hidden_size=32, intermediate_size=64, num_hidden_layers=1)
-    shutil.copy(tokenizer_path, tmp_path / "hf" / "tokenizer.model")
-    return str(tmp_path / "hf")
+    return make_hf_with_tokenizer(tmp_path / "hf", hidden_size=32, intermediate_size=64, num_hidden_layers=1)
 
 
 def test_sample_cli_greedy_matches_transformers(tmp_path, tokenizer_path):
