@@ -3,6 +3,9 @@ Benchmarks: measure and print (never asserted; the tests check correctness).
 
     python bench.py --what=corpus        # prepare_corpus.py: tokens/s for 1 vs 2 workers, peak RSS at 1x and 4x size
     python bench.py --what=eval          # eval_qa.py loglik scoring vs the harness' per-choice loop, questions/s
+    python bench.py --what=model         # ours vs transformers.LlamaForCausalLM: training step, generation, memory
+    python bench.py --what=model --compile=True     # the same with torch.compile on both
+    python bench.py --what=fsdp          # GPU: bf16 FSDP2 training step of a ~1B LLaMA, tokens/s and MFU
 
 Results are printed as a table and written as JSON (--out).
 """
@@ -19,6 +22,22 @@ what = "corpus"
 data_root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared", "data")
 out = ""  # JSON results file; default bench_{what}.json in the current folder
 eval_questions = 200  # --what=eval: MedMCQA questions (and half as many PubMedQA ones)
+# --what=model: the shapes of the comparison (fp32 on CPU), repetitions, and torch.compile on both sides
+dim = 512
+n_layers = 8
+n_heads = 8
+n_kv_heads = 2
+intermediate_size = 1536
+vocab_size = 32000
+seq_len = 512
+micro_batch = 4
+prompt_len = 128
+new_tokens = 128
+reps = 5
+compile = False
+device = ""  # --what=fsdp: '' = cuda if available
+fsdp_preset = "1b"  # --what=fsdp: '1b' (dim 2048, 16 layers, 16 heads, 8 KV heads) or 'tiny' (a CPU smoke run)
+part = ""  # internal: one measurement in a child process ('train:ours', 'train:hf', 'gen:ours', 'gen:hf')
 
 
 def run_measured(cmd):
@@ -103,13 +122,160 @@ def bench_eval(cfg):
     return rows
 
 
+def _models(cfg):
+    """HF's LlamaForCausalLM (sdpa) and ours with identical weights (ours loads HF's tensors by name)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from model import args_from_hf_config, Transformer
+    torch.manual_seed(0)
+    hcfg = LlamaConfig(hidden_size=cfg["dim"], num_hidden_layers=cfg["n_layers"], num_attention_heads=cfg["n_heads"],
+                       num_key_value_heads=cfg["n_kv_heads"], intermediate_size=cfg["intermediate_size"],
+                       vocab_size=cfg["vocab_size"], max_position_embeddings=2048, attn_implementation="sdpa",
+                       tie_word_embeddings=False)
+    hf = LlamaForCausalLM(hcfg)
+    ours = Transformer(args_from_hf_config(hcfg.to_dict()))
+    ours.load_state_dict(hf.state_dict(), strict=True)
+    return ours, hf
+
+
+def _measure_part(cfg):
+    """One measurement, in a fresh process so that its peak RSS is its own: prints one JSON line."""
+    import resource
+    import statistics
+    import torch
+    which, side = cfg["part"].split(":")
+    ours, hf = _models(cfg)
+    m = ours if side == "ours" else hf
+    ours = hf = None  # keep only the measured model alive
+    torch.manual_seed(1)
+    B, T = cfg["micro_batch"], cfg["seq_len"]
+    x = torch.randint(0, cfg["vocab_size"], (B, T))
+    fwd = m
+    if cfg["compile"]:
+        fwd = torch.compile(m)
+    times = []
+    if which == "train":
+        targets = torch.cat([x[:, 1:], torch.full((B, 1), -100)], 1)
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
+        losses = []
+        for i in range(cfg["reps"] + 2):  # 2 warm-up steps (compilation, optimizer state)
+            t0 = time.perf_counter()
+            if side == "ours":
+                loss = fwd(x, targets, return_logits=False)[1]
+            else:
+                loss = fwd(input_ids=x, labels=x).loss  # HF shifts labels itself
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            if i >= 2:
+                times.append(time.perf_counter() - t0)
+        result = {"tokens_per_s": B * T / statistics.median(times), "first_loss": losses[0]}
+    else:
+        prompt = x[:1, :cfg["prompt_len"]]
+        with torch.inference_mode():
+            for i in range(cfg["reps"] + 1):
+                t0 = time.perf_counter()
+                if side == "ours":
+                    out = m.generate(prompt, cfg["new_tokens"], temperature=0.0)
+                else:
+                    out = m.generate(prompt, max_new_tokens=cfg["new_tokens"], min_new_tokens=cfg["new_tokens"],
+                                     do_sample=False, eos_token_id=None, pad_token_id=0)
+                if i >= 1:
+                    times.append(time.perf_counter() - t0)
+        result = {"tokens_per_s": cfg["new_tokens"] / statistics.median(times), "tokens": out[0].tolist()}
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
+
+
+def bench_model(cfg):
+    """Each part in its own process (same imports, same weights and inputs), ratios of medians ours / HF."""
+    keys = ["dim", "n_layers", "n_heads", "n_kv_heads", "intermediate_size", "vocab_size", "seq_len", "micro_batch",
+            "prompt_len", "new_tokens", "reps", "compile"]
+    res = {}
+    for part in ("train:ours", "train:hf", "gen:ours", "gen:hf"):
+        cmd = [sys.executable, "bench.py", "--what=model", f"--part={part}", *[f"--{k}={cfg[k]}" for k in keys]]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"{part} failed: {r.stderr[-3000:]}")
+        res[part] = json.loads(r.stdout.strip().splitlines()[-1])
+    same_tokens = res["gen:ours"].pop("tokens") == res["gen:hf"].pop("tokens")
+    rows = [
+        dict(metric="training step tokens/s", ours=res["train:ours"]["tokens_per_s"], hf=res["train:hf"]["tokens_per_s"]),
+        dict(metric="greedy generation tokens/s", ours=res["gen:ours"]["tokens_per_s"], hf=res["gen:hf"]["tokens_per_s"]),
+        dict(metric="training peak RSS MiB", ours=res["train:ours"]["peak_rss_mib"], hf=res["train:hf"]["peak_rss_mib"]),
+    ]
+    for r in rows:
+        r["ratio"] = r["ours"] / r["hf"]
+    mode = "torch.compile" if cfg["compile"] else "eager"
+    print(f"fp32 CPU, {mode}: dim {cfg['dim']}, {cfg['n_layers']} layers, {cfg['n_heads']} heads / "
+          f"{cfg['n_kv_heads']} KV, vocab {cfg['vocab_size']}, seq {cfg['seq_len']} x {cfg['micro_batch']}; "
+          f"generation {cfg['prompt_len']} + {cfg['new_tokens']}; median of {cfg['reps']}")
+    print(f"{'metric':<28} {'ours':>10} {'HF':>10} {'ours/HF':>8}")
+    for r in rows:
+        print(f"{r['metric']:<28} {r['ours']:>10.1f} {r['hf']:>10.1f} {r['ratio']:>8.2f}")
+    print(f"same first-step loss: {abs(res['train:ours']['first_loss'] - res['train:hf']['first_loss']) < 1e-4}; "
+          f"identical greedy tokens: {same_tokens}")
+    return {"mode": mode, "rows": rows, "identical_greedy_tokens": same_tokens,
+            "first_loss": [res["train:ours"]["first_loss"], res["train:hf"]["first_loss"]]}
+
+
+def bench_fsdp(cfg):
+    """train.py's own model setup (FSDP2, bf16 mixed precision, optional compile) timing full training steps of a
+    ~1B LLaMA at seq 512: tokens/s and MFU (6N + 12 L H Q T FLOPs per token against the GPU's bf16 peak)."""
+    from types import SimpleNamespace
+    import torch
+    import train
+    from model import ModelArgs
+    shapes = {"1b": dict(dim=2048, n_layers=16, n_heads=16, n_kv_heads=8, intermediate_size=5632, micro=8),
+              "tiny": dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, intermediate_size=128, micro=2)}[cfg["fsdp_preset"]]
+    ctx = train.setup_distributed(cfg["device"])
+    rows = []
+    for compiled in (False, True) if ctx.device.type == "cuda" else (False,):
+        c = SimpleNamespace(dtype="bfloat16", compile=compiled, activation_checkpointing=False, seed=0)
+        args = ModelArgs(dim=shapes["dim"], n_layers=shapes["n_layers"], n_heads=shapes["n_heads"],
+                         n_kv_heads=shapes["n_kv_heads"], intermediate_size=shapes["intermediate_size"],
+                         vocab_size=32000, max_seq_len=512)
+        model = train.build_model(c, ctx.device, model_args=args)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=ctx.device.type == "cuda")
+        x = torch.randint(0, 32000, (shapes["micro"], 512), device=ctx.device)
+        y = torch.roll(x, -1, 1)
+        times = []
+        for i in range(cfg["reps"] + 3):
+            if ctx.device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            _, loss = model(x, y, return_logits=False)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if ctx.device.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= 3:
+                times.append(time.perf_counter() - t0)
+        n_params = sum(p.numel() for p in model.parameters())
+        tps = x.numel() / sorted(times)[len(times) // 2]
+        peak = train.peak_flops(ctx.device)
+        mfu = tps * train.flops_per_token(args, n_params, 512) / peak if peak else None
+        rows.append(dict(compile=compiled, params=n_params, tokens_per_s=round(tps), mfu=mfu,
+                         peak_mem_mib=round(train.peak_memory_mib(ctx.device)), loss=loss.item(),
+                         device=torch.cuda.get_device_name() if ctx.device.type == "cuda" else "cpu"))
+        print(f"{rows[-1]['device']}: {n_params / 1e9:.2f}B params, bf16 FSDP2, compile={compiled}: "
+              f"{tps:,.0f} tokens/s, MFU {f'{mfu:.1%}' if mfu is not None else 'n/a'}, "
+              f"peak memory {rows[-1]['peak_mem_mib']:,} MiB")
+    torch.distributed.destroy_process_group()
+    return rows
+
+
 def main(argv=None):
     cfg = configure(dict(globals()), argv)  # a copy: the defaults stay untouched
-    benches = {"corpus": bench_corpus, "eval": bench_eval}
+    if cfg["part"]:
+        return _measure_part(cfg)
+    benches = {"corpus": bench_corpus, "eval": bench_eval, "model": bench_model, "fsdp": bench_fsdp}
     if cfg["what"] not in benches:
         raise SystemExit(f"--what={cfg['what']}: known: {', '.join(benches)}")
     results = {"what": cfg["what"], "results": benches[cfg["what"]](cfg)}
-    path = cfg["out"] or f"bench_{cfg['what']}.json"
+    path = cfg["out"] or f"bench_{cfg['what']}{'_compile' if cfg['compile'] else ''}.json"
     with open(path, "w") as f:
         json.dump(results, f, indent=2)
     print(f"wrote {path}")

@@ -247,14 +247,19 @@ class Transformer(nn.Module):
         return sum(p.numel() for p in self.parameters())  # parameters() counts a tied weight once
 
     # --- forward -------------------------------------------------------------------------------
-    def forward(self, idx, targets=None, start_pos=0, reduction="mean"):
+    def forward(self, idx, targets=None, start_pos=0, reduction="mean", return_logits=True):
         """idx (B, T) token ids -> (logits (B, T, V), loss or None).
 
         With targets (B, T), loss is the cross-entropy over positions whose target is not -100: their mean, or with
         reduction="sum" their sum (the training loop normalises by the whole global batch's token count).
-        start_pos is the position of idx[:, 0]: non-zero only when decoding with a KV cache.
+        return_logits=False (training) computes the loss chunk by chunk without ever holding the full (B, T, V)
+        logits, and returns None for them. start_pos is the position of idx[:, 0] (decoding with a KV cache).
         """
-        logits = self.lm_head(self.hidden(idx, start_pos))
+        h = self.hidden(idx, start_pos)
+        if targets is not None and not return_logits and type(self.lm_head) is nn.Linear:
+            total = LinearCrossEntropy.apply(h.reshape(-1, h.size(-1)), self.lm_head.weight, targets.reshape(-1))
+            return None, total if reduction == "sum" else total / (targets != -100).sum()
+        logits = self.lm_head(h)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100,
@@ -295,7 +300,7 @@ class Transformer(nn.Module):
         try:
             out = [idx]
             done = torch.zeros(B, dtype=torch.bool, device=idx.device)
-            logits, _ = self(idx, start_pos=0)
+            logits = self.lm_head(self.hidden(idx, start_pos=0)[:, -1:])  # the prompt's last position only
             pos = T
             while pos < total:
                 nxt = sample_next(logits[:, -1], temperature, top_k, generator)
@@ -315,6 +320,49 @@ class Transformer(nn.Module):
     @classmethod
     def from_pretrained(cls, path, dtype=torch.float32, device="cpu"):
         return load_hf(path, dtype=dtype, device=device)
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """sum over targets != -100 of cross_entropy(h @ W^T, targets), a chunk of rows at a time.
+
+    The logits of one chunk exist at once (fp32, ~128 MB for 32k vocab), and their gradient (softmax - one-hot) is
+    turned into the gradients of h and W in the same pass, so backward has nothing to recompute and the (N, V)
+    logits and their gradient are never materialised. W's gradient is skipped when W is frozen (LoRA).
+    """
+
+    chunk_elems = 2**25  # logits elements per chunk
+
+    @staticmethod
+    def forward(ctx, h, weight, targets):
+        N, V = h.size(0), weight.size(0)
+        chunk = max(1, LinearCrossEntropy.chunk_elems // V)
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_h = torch.empty_like(h) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        for s in range(0, N, chunk):
+            hc, tc = h[s:s + chunk], targets[s:s + chunk]
+            logp = torch.log_softmax((hc @ weight.t()).float(), dim=-1)  # one fused pass (logsumexp is 3)
+            valid = tc != -100
+            tgt = tc.clamp(min=0)
+            total -= (logp.gather(1, tgt[:, None]).squeeze(1) * valid).sum()
+            if need_h or need_w:
+                g = logp.exp_()  # softmax, in place of the log-probabilities
+                g[torch.arange(len(tc), device=g.device), tgt] -= 1.0
+                g.mul_(valid[:, None])
+                g = g.to(h.dtype)
+                if need_h:
+                    grad_h[s:s + chunk] = g @ weight
+                if need_w:
+                    grad_w += (g.t() @ hc).float()
+        ctx.save_for_backward(grad_h, grad_w.to(weight.dtype) if need_w else None)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w = ctx.saved_tensors
+        return (grad_h * grad_out if grad_h is not None else None,
+                grad_w * grad_out if grad_w is not None else None, None)
 
 
 def sample_next(logits, temperature=0.0, top_k=None, generator=None):

@@ -327,7 +327,7 @@ def evaluate(model, val_data, c, ctx):
     loss_sum, count = 0.0, 0
     for i, (x, y) in enumerate(val_data.micro_batches(0, 0)):
         x, y = x.to(ctx.device), y.to(ctx.device)
-        _, loss = model(x, y, reduction="sum")
+        _, loss = model(x, y, reduction="sum", return_logits=False)
         loss_sum, count = loss_sum + loss.item(), count + int((y != -100).sum())
     model.train()
     loss_sum, count = all_sum(loss_sum, count, device=ctx.device)
@@ -391,7 +391,7 @@ def fit(model, data, c, ctx, model_args, val_data=None, export=None):
         loss_sum = 0.0
         for m, (x, y) in enumerate(batches):
             model.set_requires_gradient_sync(m == len(batches) - 1)  # reduce-scatter once, on the last micro-step
-            _, loss = model(x, y, reduction="sum")
+            _, loss = model(x, y, reduction="sum", return_logits=False)
             # FSDP averages gradients over ranks: scale by world so the result is sum(loss) / n_tok
             (loss * (ctx.world / max(n_tok, 1))).backward()
             loss_sum += loss.item()

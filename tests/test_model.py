@@ -173,3 +173,30 @@ def test_shape_mismatch_names_tensor_and_shapes(tmp_path):
     _rewrite_tensors(tmp_path / "hf", lambda sd: {**sd, "model.norm.weight": torch.ones(65)})
     with pytest.raises(ValueError, match=r"model.norm.weight has shape \(65,\) but the model expects \(64,\)"):
         load_hf(str(tmp_path / "hf"))
+
+
+@pytest.mark.parametrize("frozen_head", [False, True])
+def test_chunked_linear_cross_entropy_matches_full_logits(frozen_head, monkeypatch):
+    import model as M
+    monkeypatch.setattr(M.LinearCrossEntropy, "chunk_elems", 3000 * 47)  # 47 rows a chunk: 7 chunks, a ragged one
+    torch.manual_seed(0)
+    m = Transformer(ModelArgs(dim=32, n_layers=1, n_heads=4, vocab_size=3000, intermediate_size=64, max_seq_len=64))
+    m.init_weights()
+    m.lm_head.weight.requires_grad_(not frozen_head)
+    idx = torch.randint(0, 3000, (5, 64))
+    t = torch.randint(0, 3000, (5, 64))
+    t[0, :30] = -100
+    t[3] = -100
+    grads = []
+    for fused in (False, True):
+        m.zero_grad()
+        _, loss = m(idx, t, reduction="sum", return_logits=not fused)
+        loss.backward()
+        grads.append((loss.item(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}))
+    (l0, g0), (l1, g1) = grads
+    assert abs(l0 - l1) <= 1e-5 * abs(l0) and g0.keys() == g1.keys()
+    assert ("lm_head.weight" in g1) != frozen_head
+    for n in g0:
+        assert (g0[n] - g1[n]).abs().max().item() <= 1e-5, n
+    _, mean = m(idx, t, return_logits=False)
+    assert abs(mean.item() - l0 / (t != -100).sum().item()) <= 1e-5
