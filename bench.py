@@ -40,6 +40,15 @@ fsdp_preset = "1b"  # --what=fsdp: '1b' (dim 2048, 16 layers, 16 heads, 8 KV hea
 part = ""  # internal: one measurement in a child process ('train:ours', 'train:hf', 'gen:ours', 'gen:hf')
 
 
+def print_table(rows, cols):
+    """rows: dicts; cols: (header, key, format) triples. Right-aligned columns, as wide as their widest cell."""
+    cells = [[fmt.format(r[k]) for _, k, fmt in cols] for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, (h, _, _) in enumerate(cols)]
+    print("  ".join(h.rjust(w) for (h, _, _), w in zip(cols, widths)))
+    for c in cells:
+        print("  ".join(x.rjust(w) for x, w in zip(c, widths)))
+
+
 def run_measured(cmd):
     """Run cmd as a child; return (seconds, peak RSS in MiB over it and the children it waited for)."""
     t0 = time.perf_counter()
@@ -77,10 +86,9 @@ def bench_corpus(cfg):
             ntok = sum(s["tokens"] for s in meta["splits"].values())
             rows.append(dict(corpus=f"biomed x{reps}", workers=workers, documents=len(texts) * reps, tokens=ntok,
                              seconds=round(dt, 2), tokens_per_s=round(ntok / dt), peak_rss_mib=round(rss, 1)))
-    print(f"{'corpus':<12} {'workers':>7} {'docs':>7} {'tokens':>10} {'wall s':>7} {'tokens/s':>10} {'peak RSS MiB':>13}")
-    for r in rows:
-        print(f"{r['corpus']:<12} {r['workers']:>7} {r['documents']:>7} {r['tokens']:>10,} {r['seconds']:>7} "
-              f"{r['tokens_per_s']:>10,} {r['peak_rss_mib']:>13}")
+    print_table(rows, [("corpus", "corpus", "{}"), ("workers", "workers", "{}"), ("docs", "documents", "{:,}"),
+                       ("tokens", "tokens", "{:,}"), ("wall s", "seconds", "{}"), ("tokens/s", "tokens_per_s", "{:,}"),
+                       ("peak RSS MiB", "peak_rss_mib", "{}")])
     return rows
 
 
@@ -115,10 +123,9 @@ def bench_eval(cfg):
         rows.append(dict(bench=bench, questions=len(items), naive_q_per_s=round(len(items) / tn, 2),
                          ours_q_per_s=round(len(items) / to, 2), speedup=round(tn / to, 2),
                          identical_predictions=pn == po, max_score_diff=diff))
-    print(f"{'bench':<9} {'questions':>9} {'naive q/s':>10} {'ours q/s':>9} {'speed-up':>9} {'same preds':>10} {'max |diff|':>11}")
-    for r in rows:
-        print(f"{r['bench']:<9} {r['questions']:>9} {r['naive_q_per_s']:>10} {r['ours_q_per_s']:>9} "
-              f"{r['speedup']:>8}x {str(r['identical_predictions']):>10} {r['max_score_diff']:>11.2e}")
+    print_table(rows, [("bench", "bench", "{}"), ("questions", "questions", "{}"), ("naive q/s", "naive_q_per_s", "{}"),
+                       ("ours q/s", "ours_q_per_s", "{}"), ("speed-up", "speedup", "{}x"),
+                       ("same preds", "identical_predictions", "{}"), ("max |diff|", "max_score_diff", "{:.2e}")])
     return rows
 
 

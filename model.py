@@ -598,7 +598,9 @@ def load_model(path, dtype=torch.float32, device="cpu"):
         raise ValueError(f"{path} is a LoRA fine-tuning checkpoint: load its base model and the adapter "
                          "(finetune_qa.py writes out_dir/adapter; eval_qa.py --lora=ADAPTER_DIR)")
     args = read_hf_config(path)
-    model = Transformer(args)  # fp32 on CPU, then cast: DCP loads into existing tensors, resharding as needed
+    with torch.device("meta"):
+        model = Transformer(args)
+    materialize(model, "cpu")  # uninitialised fp32 storage: DCP loads into existing tensors, resharding as needed
     state = {"model": model.state_dict()}
     with warnings.catch_warnings():  # loading in one process is what we want here
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
