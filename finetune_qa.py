@@ -20,8 +20,8 @@ import torch.distributed as dist
 import qa_data
 import train
 from configurator import configure
-from lora import (adapter_config, apply_lora, init_lora, is_lora_param, lora_state_dict, mark_only_lora_as_trainable,
-                  save_adapter)
+from lora import (adapter_config, apply_lora, init_lora, lora_state_dict, mark_only_lora_as_trainable,
+                  merged_state_dict, save_adapter)
 from model import read_hf_config, save_hf
 from tokenizer import Tokenizer
 
@@ -137,7 +137,7 @@ def main(argv=None):
                 save_adapter(lora_state_dict(sd), path, adapter_config(m, base_model_name_or_path=base))
                 print(f"saved LoRA adapter (PEFT format) to {path}")
             if c.export_merged and ctx.master:
-                merged = merge_into_base(sd, model_args, c)
+                merged = merged_state_dict(sd, scaling=c.lora_alpha / c.lora_r)
                 save_hf(merged, model_args, os.path.join(c.out_dir, "hf"), dtype=getattr(torch, c.export_dtype),
                               tokenizer_path=c.tokenizer)
             dist.barrier()
@@ -149,18 +149,6 @@ def main(argv=None):
         return train.fit(model, data, c, ctx, model_args, export=export)
     finally:
         dist.destroy_process_group()
-
-
-def merge_into_base(sd, model_args, c):
-    """A full state dict with LoRA folded into the base weights (W + scale * B @ A), LoRA keys dropped."""
-    scale = c.lora_alpha / c.lora_r
-    out = {k: v for k, v in sd.items() if not is_lora_param(k)}
-    for k in list(out):
-        a = sd.get(k.removesuffix(".weight") + ".lora_A.weight")
-        if a is not None:
-            b = sd[k.removesuffix(".weight") + ".lora_B.weight"]
-            out[k] = (out[k].float() + scale * (b.float() @ a.float())).to(out[k].dtype)
-    return out
 
 
 if __name__ == "__main__":

@@ -16,13 +16,12 @@ defaults: r=8, alpha=8, dropout 0, targets q_proj and v_proj.
 import json
 import math
 import os
-import shutil
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import copy_param_
+from model import atomic_folder, copy_param_
 
 PEFT_PREFIX = "base_model.model."
 
@@ -128,6 +127,18 @@ def lora_state_dict(state_dict):
     return {k: v for k, v in state_dict.items() if is_lora_param(k)}
 
 
+def merged_state_dict(state_dict, scaling):
+    """A full state dict with every LoRA pair folded into its base weight (W + scaling * B @ A), LoRA keys dropped:
+    merge_lora() for a state dict, e.g. one gathered from FSDP."""
+    out = {k: v for k, v in state_dict.items() if not is_lora_param(k)}
+    for k, w in out.items():
+        a = state_dict.get(k.removesuffix(".weight") + ".lora_A.weight")
+        if a is not None:
+            b = state_dict[k.removesuffix(".weight") + ".lora_B.weight"]
+            out[k] = (w.float() + scaling * (b.float() @ a.float())).to(w.dtype)
+    return out
+
+
 def adapter_config(model, base_model_name_or_path=""):
     mods = lora_modules(model)
     if not mods:
@@ -149,16 +160,11 @@ def save_adapter(model_or_state, out_dir, config):
     from safetensors.torch import save_file
     sd = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
     tensors = {PEFT_PREFIX + k: v.detach().to("cpu").contiguous() for k, v in lora_state_dict(sd).items()}
-    out_dir = os.path.abspath(out_dir)
-    tmp = out_dir + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    save_file(tensors, os.path.join(tmp, "adapter_model.safetensors"), metadata={"format": "pt"})
-    with open(os.path.join(tmp, "adapter_config.json"), "w") as f:
-        json.dump(config, f, indent=2)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
-    return out_dir
+    with atomic_folder(out_dir) as tmp:
+        save_file(tensors, os.path.join(tmp, "adapter_model.safetensors"), metadata={"format": "pt"})
+        with open(os.path.join(tmp, "adapter_config.json"), "w") as f:
+            json.dump(config, f, indent=2)
+    return os.path.abspath(out_dir)
 
 
 def read_adapter_config(path):

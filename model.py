@@ -12,6 +12,7 @@ import math
 import os
 import shutil
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional
 
@@ -539,14 +540,16 @@ def save_hf(model_or_state, args: ModelArgs, out_dir, dtype=torch.bfloat16, toke
     model_or_state is a Transformer or a full state dict (e.g. gathered from FSDP). The folder is written under
     a temporary name and renamed at the end, so a crash never leaves a half-written export.
     """
-    from safetensors.torch import save_file
     sd = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
     if args.tie_word_embeddings:
         sd = {k: v for k, v in sd.items() if k != "lm_head.weight"}  # safetensors stores shared tensors once
-    out_dir = os.path.abspath(out_dir)
-    tmp = out_dir + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
+    with atomic_folder(out_dir) as tmp:
+        _write_hf_folder(tmp, sd, args, dtype, tokenizer_path, max_shard_bytes)
+    return os.path.abspath(out_dir)
+
+
+def _write_hf_folder(tmp, sd, args, dtype, tokenizer_path, max_shard_bytes):
+    from safetensors.torch import save_file
     shards, cur, size = [], {}, 0  # greedy sharding in key order, like HF's save_pretrained
     for name, t in sd.items():
         t = t.detach().to("cpu", dtype).contiguous()
@@ -575,10 +578,19 @@ def save_hf(model_or_state, args: ModelArgs, out_dir, dtype=torch.bfloat16, toke
         json.dump({"bos_token_id": 1, "eos_token_id": 2}, f, indent=2)
     if tokenizer_path is not None:
         shutil.copyfile(tokenizer_path, os.path.join(tmp, "tokenizer.model"))
-    if os.path.exists(out_dir):
-        shutil.rmtree(out_dir)
+
+
+@contextmanager
+def atomic_folder(out_dir):
+    """Yield a fresh temporary folder beside out_dir; when the block completes, it replaces out_dir in one rename,
+    so a crash never leaves a half-written folder under the final name."""
+    out_dir = os.path.abspath(out_dir)
+    tmp = out_dir + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    yield tmp
+    shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
-    return out_dir
 
 
 # -----------------------------------------------------------------------------

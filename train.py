@@ -322,16 +322,16 @@ def peak_memory_mib(device):
 
 @torch.no_grad()
 def evaluate(model, val_data, c, ctx):
-    """Token-weighted mean loss over a fixed set of held-out micro-batches."""
+    """(token-weighted mean loss, target tokens) over a fixed set of held-out micro-batches of every rank."""
     model.eval()
     loss_sum, count = 0.0, 0
-    for i, (x, y) in enumerate(val_data.micro_batches(0, 0)):
+    for x, y in val_data.micro_batches(0, 0):
         x, y = x.to(ctx.device), y.to(ctx.device)
         _, loss = model(x, y, reduction="sum", return_logits=False)
         loss_sum, count = loss_sum + loss.item(), count + int((y != -100).sum())
     model.train()
     loss_sum, count = all_sum(loss_sum, count, device=ctx.device)
-    return loss_sum / max(count, 1)
+    return loss_sum / max(count, 1), int(count)
 
 
 class Preemption:
@@ -417,7 +417,7 @@ def fit(model, data, c, ctx, model_args, val_data=None, export=None):
                    "grad_norm": float(grad_norm), "tokens_per_s": round(tps, 1),
                    "mfu": round(tps * fpt / (peak * ctx.world), 4) if peak else None}
         if val_data is not None and c.eval_interval > 0 and (it % c.eval_interval == 0 or it == total):
-            v = evaluate(model, val_data, c, ctx)
+            v, _ = evaluate(model, val_data, c, ctx)
             rec = {**(rec or {"iter": it, "epoch": round(it / data.steps_per_epoch, 4)}), "val_loss": v,
                    "val_ppl": math.exp(min(v, 50))}
         if rec and ctx.master:
@@ -501,9 +501,9 @@ def main(argv=None):
     if c.eval_only:
         if val is None:
             raise SystemExit(f"eval_only: {c.data_dir} has no val split (prepare it with --val_fraction > 0)")
-        v = evaluate(model, val, c, ctx)
+        v, n_tok = evaluate(model, val, c, ctx)
         result = {"model": c.init_from, "data_dir": c.data_dir, "val_loss": v, "val_ppl": math.exp(v),
-                  "val_tokens": int(sum((y != -100).sum().item() for _, y in val.micro_batches(0, 0)))}
+                  "val_tokens": n_tok}
         if ctx.master:
             with open(os.path.join(c.out_dir, "eval.json"), "w") as f:
                 json.dump(result, f, indent=2)
