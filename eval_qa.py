@@ -45,6 +45,7 @@ medmcqa_cop_base = 1  # 1: raw release (dev.json); 0: the Hugging Face copy
 limit = 0  # first N questions only
 batch_size = 16
 max_new_tokens = 16  # --method=generate
+compile = False  # --method=generate: torch.compile the decoding steps (one graph for every question)
 dtype = "bfloat16" if torch.cuda.is_available() else "float32"
 device = "cuda" if torch.cuda.is_available() else "cpu"
 out = "out/eval"
@@ -164,10 +165,11 @@ def extract_answer(bench, text, n_choices):
 
 
 @torch.inference_mode()
-def generate_answers(model, tok, items, bench, examples, max_new_tokens, device):
+def generate_answers(model, tok, items, bench, examples, max_new_tokens, device, compile=False):
     preds, texts = [], []
     for (ctx, _), ex in tqdm(list(zip(items, examples)), desc="generate"):
-        y = model.generate(torch.tensor([ctx], device=device), max_new_tokens, temperature=0.0, eos_id=tok.eos_id)
+        y = model.generate(torch.tensor([ctx], device=device), max_new_tokens, temperature=0.0, eos_id=tok.eos_id,
+                           compile=compile)
         text = tok.decode([t for t in y[0, len(ctx):].tolist() if t != tok.eos_id])
         texts.append(text)
         preds.append(extract_answer(bench, text, len(ex.choices)))
@@ -239,7 +241,7 @@ def evaluate_bench(model, tok, c, b, path):
         preds = [max(range(len(s)), key=s.__getitem__) for s in scores]
         norm = [max(range(len(s)), key=lambda j: s[j] / len(ex.choices[j])) for s, ex in zip(scores, examples)]
     elif c.method == "generate":
-        preds, gens = generate_answers(model, tok, items, b, examples, c.max_new_tokens, c.device)
+        preds, gens = generate_answers(model, tok, items, b, examples, c.max_new_tokens, c.device, c.compile)
         norm = None
     else:
         raise SystemExit(f"--method={c.method}: use loglik or generate")

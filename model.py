@@ -122,6 +122,17 @@ def apply_rope(x, cos, sin):
     return x * cos + rotate_half(x) * sin
 
 
+def linear(layer, x):
+    """layer(x), except for decoding in compiled CPU code (at most 4 rows: one token of a batch of 1-4): there
+    x @ W^T is spelled as a broadcast multiply-sum, which inductor emits as one multi-threaded reduction that streams
+    W at ~2.5x the bandwidth of MKL's gemv (single-threaded, and worse still for 2-16 rows). Reading the weights is
+    the whole cost of decoding, so this is the decode speed-up; eager and training calls are exactly layer(x)."""
+    if (torch.compiler.is_compiling() and type(layer) is nn.Linear and x.numel() <= 4 * x.size(-1)
+            and x.device.type == "cpu"):  # GPUs' gemv is bandwidth-bound already
+        return (x.unsqueeze(-2) * layer.weight).sum(-1)
+    return layer(x)
+
+
 class KVCache(nn.Module):
     def __init__(self, batch_size, max_len, n_kv_heads, head_dim, dtype, device):
         super().__init__()
@@ -149,9 +160,9 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, start_pos=0):
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q = linear(self.q_proj, x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = linear(self.k_proj, x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = linear(self.v_proj, x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if self.cache is not None:
             k, v = self.cache.update(start_pos, k, v)
@@ -167,7 +178,7 @@ class Attention(nn.Module):
             rep = self.n_heads // self.n_kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+        return linear(self.o_proj, y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
 
 class MLP(nn.Module):
@@ -178,7 +189,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(args.intermediate_size, args.dim, bias=False)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return linear(self.down_proj, F.silu(linear(self.gate_proj, x)) * linear(self.up_proj, x))
 
 
 class Block(nn.Module):
@@ -260,7 +271,7 @@ class Transformer(nn.Module):
         if targets is not None and not return_logits and type(self.lm_head) is nn.Linear:
             total = LinearCrossEntropy.apply(h.reshape(-1, h.size(-1)), self.lm_head.weight, targets.reshape(-1))
             return None, total if reduction == "sum" else total / (targets != -100).sum()
-        logits = self.lm_head(h)
+        logits = linear(self.lm_head, h)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100,
@@ -292,12 +303,27 @@ class Transformer(nn.Module):
         for layer in self.model.layers:
             layer.self_attn.cache = None
 
+    def compiled_decoder(self):
+        """forward, compiled once per model for one-token decoding steps (any position, cache length, prompt)."""
+        if getattr(self, "_compiled_forward", None) is None:
+            # dynamic: start_pos and the cache length change every step and every prompt; one graph serves them all
+            self._compiled_forward = torch.compile(self.forward, dynamic=True)
+        return self._compiled_forward
+
     @torch.inference_mode()
-    def generate(self, idx, max_new_tokens, temperature=0.0, top_k=None, eos_id=None, generator=None):
-        """Continue idx (B, T) by up to max_new_tokens; temperature 0 is greedy. Stops when every row has hit eos_id."""
+    def generate(self, idx, max_new_tokens, temperature=0.0, top_k=None, eos_id=None, generator=None, compile=False):
+        """Continue idx (B, T) by up to max_new_tokens; temperature 0 is greedy. Stops when every row has hit eos_id.
+
+        compile=True runs the one-token steps through torch.compile (the prompt's prefill stays eager): the first
+        call pays the compilation (~30 s on CPU), later ones decode ~2.5x faster on CPU (see `linear`).
+        """
+        step = self.compiled_decoder() if compile else self
         B, T = idx.shape
         total = min(T + max_new_tokens, self.args.max_seq_len)
-        self.setup_cache(B, total, device=idx.device)
+        capacity = total
+        if compile:  # the graph is specialised to the cache's size: round it up so most prompts share one graph
+            capacity = min(self.args.max_seq_len, max(256, 1 << (total - 1).bit_length()))
+        self.setup_cache(B, capacity, device=idx.device)
         try:
             out = [idx]
             done = torch.zeros(B, dtype=torch.bool, device=idx.device)
@@ -311,7 +337,7 @@ class Transformer(nn.Module):
                 out.append(nxt[:, None])
                 if (eos_id is not None and bool(done.all())) or pos + 1 >= total:
                     break
-                logits, _ = self(nxt[:, None], start_pos=pos)
+                logits, _ = step(nxt[:, None], start_pos=pos)
                 pos += 1
             return torch.cat(out, dim=1)
         finally:

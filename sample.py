@@ -22,6 +22,7 @@ temperature = 0.8  # 0 = greedy
 top_k = 200
 num_samples = 1
 seed = 1337
+compile = False  # torch.compile the one-token decoding steps (pays ~30 s once; ~2.5x faster decoding on CPU)
 device = "cuda" if torch.cuda.is_available() else "cpu"
 dtype = "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
 
@@ -39,7 +40,7 @@ def main(argv=None):
     for _ in range(cfg["num_samples"]):
         t0 = time.perf_counter()
         y = model.generate(x, cfg["max_new_tokens"], temperature=cfg["temperature"], top_k=cfg["top_k"] or None,
-                           eos_id=tok.eos_id, generator=gen)
+                           eos_id=tok.eos_id, generator=gen, compile=cfg["compile"])
         dt = time.perf_counter() - t0
         new = y[0, len(ids):].tolist()
         text = y[0, 1:].tolist()  # decode prompt and continuation together: sentencepiece's leading spaces stay right

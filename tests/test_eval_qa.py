@@ -94,6 +94,11 @@ def test_generate_method_and_few_shot(hf_dir, tmp_path):
     rows = [json.loads(l) for l in open(tmp_path / "predictions.jsonl")]
     assert res["n"] == 5 and res["no_answer"] == sum(r["pred"] is None for r in rows)
     assert all("generation" in r for r in rows) and res["acc_norm"] is None
+    eval_qa.main(["--bench=usmle", f"--data={data_path('medqa_usmle', 'sample_200.jsonl')}", f"--init_from={hf_dir}",
+                  "--device=cpu", "--dtype=float32", "--method=generate", "--limit=5", "--max_new_tokens=4",
+                  "--compile=True", f"--out={tmp_path / 'compiled'}"])
+    compiled = [json.loads(l) for l in open(tmp_path / "compiled" / "predictions.jsonl")]
+    assert [r["generation"] for r in compiled] == [r["generation"] for r in rows]  # compiled decoding: same text
     res = eval_qa.main(["--bench=pubmedqa", f"--data={data_path('pubmedqa', 'ori_pqal.json')}",
                         f"--init_from={hf_dir}", "--device=cpu", "--dtype=float32", "--shots=2", "--limit=3",
                         f"--out={tmp_path / 'shots'}"])["pubmedqa"]
