@@ -37,7 +37,7 @@ reps = 5
 compile = False
 device = ""  # --what=fsdp: '' = cuda if available
 fsdp_preset = "1b"  # --what=fsdp: '1b' (dim 2048, 16 layers, 16 heads, 8 KV heads) or 'tiny' (a CPU smoke run)
-part = ""  # internal: one measurement in a child process ('train:ours', 'train:hf', 'gen:ours', 'gen:hf')
+part = ""  # internal: one measurement in a child process ('time', 'mem:ours', 'mem:hf')
 
 
 def print_table(rows, cols):
@@ -145,86 +145,107 @@ def _models(cfg):
     return ours, hf
 
 
-def _measure_part(cfg):
-    """One measurement, in a fresh process so that its peak RSS is its own: prints one JSON line."""
-    import resource
-    import statistics
+def _train_step(side, model, cfg, x):
+    """One full training step as each stack runs it by default: forward, loss, backward, fused AdamW (train.py's,
+    and HF Trainer's default optimizer since torch 2.8). Returns the loss."""
     import torch
-    which, side = cfg["part"].split(":")
-    ours, hf = _models(cfg)
-    m = ours if side == "ours" else hf
-    ours = hf = None  # keep only the measured model alive
-    torch.manual_seed(1)
-    B, T = cfg["micro_batch"], cfg["seq_len"]
-    x = torch.randint(0, cfg["vocab_size"], (B, T))
-    fwd = m
-    if cfg["compile"]:
-        fwd = torch.compile(m)
-    times = []
-    if which == "train":
-        targets = torch.cat([x[:, 1:], torch.full((B, 1), -100)], 1)
-        opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
-        losses = []
-        for i in range(cfg["reps"] + 2):  # 2 warm-up steps (compilation, optimizer state)
+    fwd = torch.compile(model) if cfg["compile"] else model
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    targets = torch.cat([x[:, 1:], torch.full((x.size(0), 1), -100)], 1)
+
+    def step():
+        if side == "ours":
+            loss = fwd(x, targets, return_logits=False)[1]
+        else:
+            loss = fwd(input_ids=x, labels=x).loss  # HF shifts the labels itself
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.item()
+    return step
+
+
+def _generate(side, model, cfg, prompt):
+    """Greedy decoding of new_tokens after prompt; with --compile=True each stack's own compiled decoding."""
+    n = cfg["new_tokens"]
+    if side == "ours":
+        return lambda: model.generate(prompt, n, temperature=0.0, compile=cfg["compile"])[0].tolist()
+    kw = dict(max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0)
+    if cfg["compile"]:  # HF's compiled decoding: a static cache, forward compiled by generate (CPU must opt in)
+        from transformers import CompileConfig
+        cc = CompileConfig(mode="default")  # its default, reduce-overhead, means CUDA graphs
+        cc._compile_all_devices = True
+        kw.update(cache_implementation="static", compile_config=cc)
+    return lambda: model.generate(prompt, **kw)[0].tolist()
+
+
+def _interleaved(fns, warmup, reps):
+    """Median seconds of each fn, run in turn rep by rep so that a drift in the machine's speed hits all alike."""
+    import statistics
+    times, last = {k: [] for k in fns}, {}
+    for i in range(warmup + reps):
+        for k, f in fns.items():
             t0 = time.perf_counter()
-            if side == "ours":
-                loss = fwd(x, targets, return_logits=False)[1]
-            else:
-                loss = fwd(input_ids=x, labels=x).loss  # HF shifts labels itself
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            if i >= 2:
-                times.append(time.perf_counter() - t0)
-        result = {"tokens_per_s": B * T / statistics.median(times), "first_loss": losses[0]}
-    else:
+            last[k] = f()
+            if i >= warmup:
+                times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}, last
+
+
+def _measure_part(cfg):
+    """In a child process, so that resources are its own: 'time' (both models, interleaved) or 'mem:ours'/'mem:hf'
+    (peak RSS of training steps of one model). Prints one JSON line."""
+    import resource
+    import torch
+    ours, hf = _models(cfg)
+    models = {"ours": ours, "hf": hf}
+    torch.manual_seed(1)
+    x = torch.randint(0, cfg["vocab_size"], (cfg["micro_batch"], cfg["seq_len"]))
+    if cfg["part"].startswith("mem:"):
+        side = cfg["part"][4:]
+        model, models, ours, hf = models[side], None, None, None  # keep only the measured model alive
+        step = _train_step(side, model, cfg, x)
+        for _ in range(3):
+            step()
+        print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+        return
+    train_s, losses = _interleaved({k: _train_step(k, m, cfg, x) for k, m in models.items()}, 2, cfg["reps"])
+    with torch.inference_mode():
         prompt = x[:1, :cfg["prompt_len"]]
-        with torch.inference_mode():
-            for i in range(cfg["reps"] + 1):
-                t0 = time.perf_counter()
-                if side == "ours":
-                    out = m.generate(prompt, cfg["new_tokens"], temperature=0.0)
-                else:
-                    out = m.generate(prompt, max_new_tokens=cfg["new_tokens"], min_new_tokens=cfg["new_tokens"],
-                                     do_sample=False, eos_token_id=None, pad_token_id=0)
-                if i >= 1:
-                    times.append(time.perf_counter() - t0)
-        result = {"tokens_per_s": cfg["new_tokens"] / statistics.median(times), "tokens": out[0].tolist()}
-    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps(result))
+        gen_s, tokens = _interleaved({k: _generate(k, m, cfg, prompt) for k, m in models.items()}, 1, cfg["reps"])
+    print(json.dumps({"train_tokens_per_s": {k: x.numel() / t for k, t in train_s.items()},
+                      "gen_tokens_per_s": {k: cfg["new_tokens"] / t for k, t in gen_s.items()},
+                      "last_loss": losses, "identical_greedy_tokens": tokens["ours"] == tokens["hf"]}))
 
 
 def bench_model(cfg):
-    """Each part in its own process (same imports, same weights and inputs), ratios of medians ours / HF."""
+    """Timings in one process (both models, interleaved reps); peak training RSS in one fresh process per model."""
     keys = ["dim", "n_layers", "n_heads", "n_kv_heads", "intermediate_size", "vocab_size", "seq_len", "micro_batch",
             "prompt_len", "new_tokens", "reps", "compile"]
     res = {}
-    for part in ("train:ours", "train:hf", "gen:ours", "gen:hf"):
+    for part in ("time", "mem:ours", "mem:hf"):
         cmd = [sys.executable, "bench.py", "--what=model", f"--part={part}", *[f"--{k}={cfg[k]}" for k in keys]]
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
             raise RuntimeError(f"{part} failed: {r.stderr[-3000:]}")
         res[part] = json.loads(r.stdout.strip().splitlines()[-1])
-    same_tokens = res["gen:ours"].pop("tokens") == res["gen:hf"].pop("tokens")
-    rows = [
-        dict(metric="training step tokens/s", ours=res["train:ours"]["tokens_per_s"], hf=res["train:hf"]["tokens_per_s"]),
-        dict(metric="greedy generation tokens/s", ours=res["gen:ours"]["tokens_per_s"], hf=res["gen:hf"]["tokens_per_s"]),
-        dict(metric="training peak RSS MiB", ours=res["train:ours"]["peak_rss_mib"], hf=res["train:hf"]["peak_rss_mib"]),
-    ]
+    t = res["time"]
+    rows = [dict(metric="training step tokens/s", **t["train_tokens_per_s"]),
+            dict(metric="greedy generation tokens/s", **t["gen_tokens_per_s"]),
+            dict(metric="training peak RSS MiB", ours=res["mem:ours"]["peak_rss_mib"], hf=res["mem:hf"]["peak_rss_mib"])]
     for r in rows:
         r["ratio"] = r["ours"] / r["hf"]
     mode = "torch.compile" if cfg["compile"] else "eager"
-    print(f"fp32 CPU, {mode}: dim {cfg['dim']}, {cfg['n_layers']} layers, {cfg['n_heads']} heads / "
+    print(f"fp32 CPU, {mode} on both sides: dim {cfg['dim']}, {cfg['n_layers']} layers, {cfg['n_heads']} heads / "
           f"{cfg['n_kv_heads']} KV, vocab {cfg['vocab_size']}, seq {cfg['seq_len']} x {cfg['micro_batch']}; "
-          f"generation {cfg['prompt_len']} + {cfg['new_tokens']}; median of {cfg['reps']}")
-    print(f"{'metric':<28} {'ours':>10} {'HF':>10} {'ours/HF':>8}")
-    for r in rows:
-        print(f"{r['metric']:<28} {r['ours']:>10.1f} {r['hf']:>10.1f} {r['ratio']:>8.2f}")
-    print(f"same first-step loss: {abs(res['train:ours']['first_loss'] - res['train:hf']['first_loss']) < 1e-4}; "
-          f"identical greedy tokens: {same_tokens}")
-    return {"mode": mode, "rows": rows, "identical_greedy_tokens": same_tokens,
-            "first_loss": [res["train:ours"]["first_loss"], res["train:hf"]["first_loss"]]}
+          f"generation {cfg['prompt_len']} + {cfg['new_tokens']}; median of {cfg['reps']} interleaved reps")
+    print_table(rows, [("metric", "metric", "{}"), ("ours", "ours", "{:.1f}"), ("HF", "hf", "{:.1f}"),
+                       ("ours/HF", "ratio", "{:.2f}")])
+    same_loss = abs(t["last_loss"]["ours"] - t["last_loss"]["hf"]) < 1e-3
+    print(f"same loss after {cfg['reps'] + 2} steps: {same_loss}; identical greedy tokens: "
+          f"{t['identical_greedy_tokens']}")
+    return {"mode": mode, "rows": rows, "identical_greedy_tokens": t["identical_greedy_tokens"],
+            "last_loss": t["last_loss"]}
 
 
 def bench_fsdp(cfg):
@@ -244,7 +265,7 @@ def bench_fsdp(cfg):
                          n_kv_heads=shapes["n_kv_heads"], intermediate_size=shapes["intermediate_size"],
                          vocab_size=32000, max_seq_len=512)
         model = train.build_model(c, ctx.device, model_args=args)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=ctx.device.type == "cuda")
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as train.py
         x = torch.randint(0, 32000, (shapes["micro"], 512), device=ctx.device)
         y = torch.roll(x, -1, 1)
         times = []

@@ -174,10 +174,11 @@ class Attention(nn.Module):
         else:  # T new tokens after S - T cached ones: query i sees keys 0 .. S - T + i
             mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
             causal = False
-        if self.n_kv_heads != self.n_heads:  # grouped-query attention: share each KV head across its group
+        gqa = self.n_kv_heads != self.n_heads  # grouped-query attention: each KV head serves a group of heads
+        if gqa and mask is not None:  # GPU kernels that take a mask lack enable_gqa: copy the shared heads instead
             rep = self.n_heads // self.n_kv_heads
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+            k, v, gqa = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1), False
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa)
         return linear(self.o_proj, y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
 
@@ -365,31 +366,46 @@ class LinearCrossEntropy(torch.autograd.Function):
         chunk = max(1, LinearCrossEntropy.chunk_elems // V)
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.empty_like(h) if need_h else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        fp32 = h.dtype == torch.float32
+        grad_w = None
+        if need_w:  # fp32: addmm_ accumulates in place (beta=0 on the first chunk: no zero fill); else fp32 sums
+            grad_w = (torch.empty if fp32 and N else torch.zeros)(weight.shape, dtype=torch.float32, device=weight.device)
         total = torch.zeros((), dtype=torch.float32, device=h.device)
+        # one fp32 buffer for every chunk's logits, then softmax and gradient, all in place: on CPU each fresh
+        # 128 MB tensor costs its page faults again (~10% of a small model's step)
+        buf = torch.empty(min(chunk, N), V, dtype=torch.float32, device=h.device)
         for s in range(0, N, chunk):
             hc, tc = h[s:s + chunk], targets[s:s + chunk]
-            logp = torch.log_softmax((hc @ weight.t()).float(), dim=-1)  # one fused pass (logsumexp is 3)
+            z = buf[:len(tc)]
+            if fp32:
+                torch.mm(hc, weight.t(), out=z)
+            else:
+                z.copy_(hc @ weight.t())
             valid = tc != -100
-            tgt = tc.clamp(min=0)
-            total -= (logp.gather(1, tgt[:, None]).squeeze(1) * valid).sum()
+            rows, tgt = torch.arange(len(tc), device=h.device), tc.clamp(min=0)
+            zmax, target_logit = z.amax(-1, keepdim=True), z[rows, tgt]
+            sumexp = z.sub_(zmax).exp_().sum(-1, keepdim=True)  # z is now exp(logits - max)
+            total += ((zmax + sumexp.log()).squeeze(1) - target_logit).mul(valid).sum()  # logsumexp - target logit
             if need_h or need_w:
-                g = logp.exp_()  # softmax, in place of the log-probabilities
-                g[torch.arange(len(tc), device=g.device), tgt] -= 1.0
-                g.mul_(valid[:, None])
+                g = z.div_(sumexp)  # softmax
+                g[rows, tgt] -= 1.0
+                g.index_fill_(0, (~valid).nonzero().squeeze(1), 0.0)  # ignored rows: touches only those
                 g = g.to(h.dtype)
                 if need_h:
-                    grad_h[s:s + chunk] = g @ weight
-                if need_w:
+                    torch.mm(g, weight, out=grad_h[s:s + chunk])
+                if need_w and fp32:
+                    grad_w.addmm_(g.t(), hc, beta=1.0 if s else 0.0)  # no (V, dim) temporary per chunk
+                elif need_w:
                     grad_w += (g.t() @ hc).float()
-        ctx.save_for_backward(grad_h, grad_w.to(weight.dtype) if need_w else None)
+        ctx.grads = grad_h, grad_w.to(weight.dtype) if need_w else None  # ours alone: scaled in place below
         return total
 
     @staticmethod
     def backward(ctx, grad_out):
-        grad_h, grad_w = ctx.saved_tensors
-        return (grad_h * grad_out if grad_h is not None else None,
-                grad_w * grad_out if grad_w is not None else None, None)
+        if ctx.grads is None:
+            raise RuntimeError("LinearCrossEntropy: backward twice (retain_graph) is not supported")
+        grads, ctx.grads = ctx.grads, None
+        return *(g.mul_(grad_out) if g is not None else None for g in grads), None
 
 
 def sample_next(logits, temperature=0.0, top_k=None, generator=None):
