@@ -33,7 +33,7 @@ seq_len = 512
 micro_batch = 4
 prompt_len = 128
 new_tokens = 128
-reps = 5
+reps = 10
 compile = False
 device = ""  # --what=fsdp: '' = cuda if available
 fsdp_preset = "1b"  # --what=fsdp: '1b' (dim 2048, 16 layers, 16 heads, 8 KV heads) or 'tiny' (a CPU smoke run)

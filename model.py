@@ -389,14 +389,15 @@ class LinearCrossEntropy(torch.autograd.Function):
             if need_h or need_w:
                 g = z.div_(sumexp)  # softmax
                 g[rows, tgt] -= 1.0
-                g.index_fill_(0, (~valid).nonzero().squeeze(1), 0.0)  # ignored rows: touches only those
                 g = g.to(h.dtype)
+                # ignored rows are zeroed in the small (rows, dim) operands, not in g: no pass over it, no device sync
+                keep = valid[:, None].to(h.dtype)
                 if need_h:
-                    torch.mm(g, weight, out=grad_h[s:s + chunk])
+                    torch.mm(g, weight, out=grad_h[s:s + chunk]).mul_(keep)
                 if need_w and fp32:
-                    grad_w.addmm_(g.t(), hc, beta=1.0 if s else 0.0)  # no (V, dim) temporary per chunk
+                    grad_w.addmm_(g.t(), hc * keep, beta=1.0 if s else 0.0)  # no (V, dim) temporary per chunk
                 elif need_w:
-                    grad_w += (g.t() @ hc).float()
+                    grad_w += (g.t() @ (hc * keep)).float()
         ctx.grads = grad_h, grad_w.to(weight.dtype) if need_w else None  # ours alone: scaled in place below
         return total
 
