@@ -211,7 +211,7 @@ def _measure_part(cfg):
         return
     train_s, losses = _interleaved({k: _train_step(k, m, cfg, x) for k, m in models.items()}, 2, cfg["reps"])
     with torch.inference_mode():
-        prompt = x[:1, :cfg["prompt_len"]]
+        prompt = x[:1, :cfg["prompt_len"]].clamp(min=1)  # HF masks pad_token_id=0 in a prompt as padding
         gen_s, tokens = _interleaved({k: _generate(k, m, cfg, prompt) for k, m in models.items()}, 1, cfg["reps"])
     print(json.dumps({"train_tokens_per_s": {k: x.numel() / t for k, t in train_s.items()},
                       "gen_tokens_per_s": {k: cfg["new_tokens"] / t for k, t in gen_s.items()},
