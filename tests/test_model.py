@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import make_hf_llama
-from model import ModelArgs, Transformer, load_hf, preset, save_hf
+from model import ModelArgs, Transformer, linear, load_hf, preset, save_hf
 
 CONFIGS = {
     "mha": dict(num_key_value_heads=4),
@@ -87,6 +87,20 @@ def test_compiled_decoding_matches_transformers(tmp_path):
         compiled, _ = ours.compiled_decoder()(idx[:, 19:], start_pos=19)
         ours.clear_cache()
     assert (compiled - eager).abs().max().item() <= 1e-5
+
+
+def test_decoding_linear_agrees_with_nn_linear():
+    """`linear`'s decoding route (oneDNN, at most 4 rows, no autograd) vs nn.Linear; otherwise it is nn.Linear."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(512, 1000, bias=False)
+    for rows in (1, 2, 4):
+        x = torch.randn(rows, 1, 512)
+        with torch.no_grad():
+            assert (linear(layer, x) - layer(x)).abs().max().item() <= 1e-5
+    x = torch.randn(5, 1, 512)
+    with torch.no_grad():
+        assert torch.equal(linear(layer, x), layer(x))  # more rows: the plain GEMM
+    assert torch.equal(linear(layer, x[:1]), layer(x[:1]))  # with autograd: exactly nn.Linear
 
 
 def test_kv_cache_chunks_equal_full_forward(hf_pair):
