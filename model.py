@@ -323,7 +323,7 @@ class Transformer(nn.Module):
         """Continue idx (B, T) by up to max_new_tokens; temperature 0 is greedy. Stops when every row has hit eos_id.
 
         compile=True runs the one-token steps through torch.compile (the prompt's prefill stays eager): the first
-        call pays the compilation (~30 s on CPU), later ones decode ~2.5x faster on CPU (see `linear`).
+        call pays the compilation (~30 s on CPU), later ones decode ~2x faster than eager on CPU (see `linear`).
         """
         step = self.compiled_decoder() if compile else self
         B, T = idx.shape
