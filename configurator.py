@@ -12,7 +12,8 @@ import ast
 import sys
 
 
-def _config_keys(g):
+def config_keys(g):
+    """The names of g's settings: public globals holding a scalar (int, float, bool, str or None)."""
     return [k for k, v in g.items()
             if not k.startswith("_") and isinstance(v, (int, float, bool, str, type(None)))]
 
@@ -36,7 +37,7 @@ def _parse_value(key, raw, default):
 def configure(g, argv=None):
     """Update the dict of globals g in place from argv (default sys.argv[1:]); return the resolved config."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    keys = _config_keys(g)
+    keys = config_keys(g)
     i = 0
     while i < len(argv):
         arg = argv[i]

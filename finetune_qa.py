@@ -19,14 +19,14 @@ import torch.distributed as dist
 
 import qa_data
 import train
-from configurator import configure
+from configurator import config_keys, configure
 from lora import (adapter_config, apply_lora, init_lora, lora_state_dict, mark_only_lora_as_trainable,
                   merged_state_dict, save_adapter)
 from model import read_hf_config, save_hf
 from tokenizer import Tokenizer
 
 # the training loop's settings and defaults, then fine-tuning's own
-globals().update({k: getattr(train, k) for k in train.config_keys})
+globals().update({k: getattr(train, k) for k in config_keys(vars(train))})
 out_dir = "out/ft"
 init_from = ""  # HF folder or train.py checkpoint to fine-tune; 'resume' continues out_dir's newest checkpoint
 pubmedqa_train = ""  # ori_pqal.json (split below) or ori_pqaa.json (PQA-A, the paper's training set: split 'all')
@@ -47,7 +47,6 @@ global_batch_size = 128
 micro_batch_size = 4
 eval_interval = 0
 export_merged = False  # LoRA: also export the merged model as an HF folder
-config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
 
 
 def load_examples(c):
@@ -92,9 +91,7 @@ def main(argv=None):
     c = train.resolve(cfg, ctx)
     torch.manual_seed(c.seed)
     resume = c.init_from == "resume"
-    ckpt = train.latest_checkpoint(c.out_dir) if resume else None
-    if resume and ckpt is None:
-        raise SystemExit(f"init_from='resume': no complete checkpoint (ckpt-N folder) in {c.out_dir}")
+    ckpt = train.resume_checkpoint(c.out_dir) if resume else None
     if not c.init_from:
         raise SystemExit("finetune_qa.py: set init_from to an HF folder or a train.py checkpoint")
     c.tokenizer = c.tokenizer or (ckpt or c.init_from)
@@ -139,7 +136,7 @@ def main(argv=None):
             if c.export_merged and ctx.master:
                 merged = merged_state_dict(sd, scaling=c.lora_alpha / c.lora_r)
                 save_hf(merged, model_args, os.path.join(c.out_dir, "hf"), dtype=getattr(torch, c.export_dtype),
-                              tokenizer_path=c.tokenizer)
+                        tokenizer_path=c.tokenizer)
             dist.barrier()
             return path
         if c.export_dtype:

@@ -67,7 +67,6 @@ keep_checkpoints = 2  # newest complete checkpoints kept
 export_dtype = "bfloat16"  # dtype of the final HF export ('' to skip the export)
 export_only = False  # with init_from='resume': write the HF export of the newest checkpoint and exit
 eval_only = False  # measure the held-out loss / perplexity of init_from on data_dir's val split, and exit
-config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))]
 # -----------------------------------------------------------------------------
 
 # dense bf16 peak FLOP/s per GPU, for MFU
@@ -230,6 +229,14 @@ def latest_checkpoint(out_dir):
     return os.path.join(out_dir, max(found)[1]) if found else None
 
 
+def resume_checkpoint(out_dir):
+    """The checkpoint init_from='resume' continues: the newest complete one in out_dir; exits if there is none."""
+    path = latest_checkpoint(out_dir)
+    if path is None:
+        raise SystemExit(f"init_from='resume': no complete checkpoint (ckpt-N folder) in {out_dir}")
+    return path
+
+
 def save_checkpoint(model, opt, state, c, ctx, model_args):
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
@@ -363,9 +370,7 @@ def fit(model, data, c, ctx, model_args, val_data=None, export=None):
     total = c.max_iters if c.max_iters > 0 else math.ceil(c.epochs * data.steps_per_epoch)
     it = 0
     if c.init_from == "resume":
-        path = latest_checkpoint(c.out_dir)
-        if path is None:
-            raise SystemExit(f"init_from='resume': no complete checkpoint (ckpt-N folder) in {c.out_dir}")
+        path = resume_checkpoint(c.out_dir)
         it = load_checkpoint(model, opt, path, ctx)["iter"]
         if ctx.master:
             print(f"resumed from {path} at iteration {it}")
@@ -471,10 +476,7 @@ def main(argv=None):
         meta = json.load(f)
     c.tokenizer = c.tokenizer or meta["tokenizer"]
     if c.init_from == "resume":
-        ckpt = latest_checkpoint(c.out_dir)
-        if ckpt is None:
-            raise SystemExit(f"init_from='resume': no complete checkpoint (ckpt-N folder) in {c.out_dir}")
-        model_args = read_hf_config(ckpt)
+        model_args = read_hf_config(resume_checkpoint(c.out_dir))
         model = build_model(c, ctx.device, model_args=model_args)  # weights come from the checkpoint in fit()
     elif c.init_from == "scratch":
         model_args = scratch_args(c, meta["vocab_size"])
