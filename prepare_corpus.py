@@ -94,9 +94,13 @@ def read_json_lines(path, skips):
         yield n, obj
 
 
+def input_files(path, pattern):
+    """The files of an --input: the folder's files matching pattern, sorted, or the file itself."""
+    return sorted(glob.glob(os.path.join(path, pattern))) if os.path.isdir(path) else [path]
+
+
 def read_jsonl(path, skips, text_field="text"):
-    files = sorted(glob.glob(os.path.join(path, "*.jsonl*"))) if os.path.isdir(path) else [path]
-    for fp in files:
+    for fp in input_files(path, "*.jsonl*"):
         for n, obj in read_json_lines(fp, skips):
             text = obj.get(text_field)
             if not isinstance(text, str):
@@ -121,8 +125,7 @@ def split_paragraphs(text, doc_chars):
 
 
 def read_text(path, skips, doc_chars=0):
-    files = sorted(glob.glob(os.path.join(path, "*.txt"))) if os.path.isdir(path) else [path]
-    for fp in files:
+    for fp in input_files(path, "*.txt"):
         with open(fp, "rb") as f:
             raw = f.read()
         try:
@@ -142,7 +145,6 @@ PUBTATOR_LINE = re.compile(r"^(\d+)\|([ta])\|(.*)$")
 
 
 def read_pubtator(path, skips):
-    files = sorted(glob.glob(os.path.join(path, "*.txt"))) if os.path.isdir(path) else [path]
     seen = set()  # PMIDs: one abstract each (NCBI-disease repeats PMID 8528200)
 
     def flush(doc):
@@ -155,7 +157,7 @@ def read_pubtator(path, skips):
             seen.add(pmid)
             return pmid, f"{title}\n{abstract}" if title else abstract, where
 
-    for fp in files:
+    for fp in input_files(path, "*.txt"):
         doc = None  # [pmid, title, abstract, where]
         for n, line in read_lines(fp, skips):
             line = line.rstrip("\r\n")
