@@ -231,6 +231,7 @@ class Transformer(nn.Module):
         super().__init__()
         self.args = args
         self.activation_checkpointing = False
+        self._compiled_forward = None  # built by compiled_decoder() on first use
         self.model = LlamaModel(args)
         self.lm_head = nn.Linear(args.dim, args.vocab_size, bias=False)
         if args.tie_word_embeddings:
@@ -313,7 +314,7 @@ class Transformer(nn.Module):
 
     def compiled_decoder(self):
         """forward, compiled once per model for one-token decoding steps (any position, cache length, prompt)."""
-        if getattr(self, "_compiled_forward", None) is None:
+        if self._compiled_forward is None:
             # dynamic: start_pos and the cache length change every step and every prompt; one graph serves them all
             self._compiled_forward = torch.compile(self.forward, dynamic=True)
         return self._compiled_forward
@@ -335,7 +336,7 @@ class Transformer(nn.Module):
         try:
             out = [idx]
             done = torch.zeros(B, dtype=torch.bool, device=idx.device)
-            logits = self.lm_head(self.hidden(idx, start_pos=0)[:, -1:])  # the prompt's last position only
+            logits = linear(self.lm_head, self.hidden(idx, start_pos=0)[:, -1:])  # the prompt's last position only
             pos = T
             while pos < total:
                 nxt = sample_next(logits[:, -1], temperature, top_k, generator)
