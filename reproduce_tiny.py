@@ -1,8 +1,8 @@
 """
 PMC-LLaMA's whole study in miniature, on CPU, on the real data in ../shared/data:
 
-    python reproduce_tiny.py                 # ~20 minutes on 2 cores
-    python reproduce_tiny.py --quick         # ~3 minutes: a smoke test of every step (CI runs it)
+    python reproduce_tiny.py                 # ~16 minutes on 2 cores
+    python reproduce_tiny.py --quick         # ~1 minute: a smoke test of every step (CI runs it)
 
 1. prepare a general corpus (WikiText-2 test + Tiny Shakespeare) and a biomedical one (91 CRAFT PMC papers +
    BC5CDR + NCBI-disease abstracts; never PubMedQA, which is test data) with the LLaMA tokenizer;
@@ -47,7 +47,7 @@ def run(name, fn, argv):
 
 
 def sizes(quick):
-    """Model and schedule, scaled so the default run takes ~20 minutes on 2 CPU cores and --quick ~3."""
+    """Model and schedule, scaled so the default run takes ~16 minutes on 2 CPU cores and --quick ~1."""
     if quick:
         return dict(model=["--dim=64", "--n_layers=2", "--n_heads=4", "--n_kv_heads=2", "--intermediate_size=176"],
                     block=128, base_iters=15, pmc_iters=15, ft_select="0:48", ft_epochs=1.0, eval_limit=60)
@@ -63,7 +63,7 @@ def ema(xs, alpha=0.6):
     return out
 
 
-def majority_baseline(bench, examples, train_examples=None):
+def majority_baseline(examples, train_examples=None):
     """Accuracy of always answering the most frequent label: of the train split where we have one, else of the
     evaluated questions themselves (no MedMCQA/USMLE train file offline; an optimistic baseline)."""
     ref = train_examples or examples
@@ -159,7 +159,7 @@ def write_table(o, acc, ppl, files, S, elapsed):
         if S["eval_limit"]:
             ex = ex[:S["eval_limit"]]
         tr = qa_data.load(b, path, split="train") if b == "pubmedqa" else None
-        a, src = majority_baseline(b, ex, tr)
+        a, src = majority_baseline(ex, tr)
         base.append(f"{a:.3f} ({src})")
     lines.append("| majority class | - | " + " | ".join(base) + " |")
     lines += ["", "Held-out perplexity (5% of documents of each corpus, fixed windows):", "",
