@@ -109,10 +109,7 @@ def bench_eval(cfg):
     for bench, path, n in (("medmcqa", ("medmcqa", "dev.json"), cfg["eval_questions"]),
                            ("pubmedqa", ("pubmedqa", "ori_pqal.json"), cfg["eval_questions"] // 2)):
         examples = qa_data.load(bench, os.path.join(cfg["data_root"], *path), split="test", cop_base=1)[:n]
-        items = []
-        for ex in examples:
-            pairs = [eval_qa.encode_pair(tok, ex.prompt, ch) for ch in ex.choices]
-            items.append((pairs[0][0], [c for _, c in pairs]))
+        items, _ = eval_qa.encode_items(tok, [ex.prompt for ex in examples], examples, model.args.max_seq_len)
         timings = {}
         for name, kw in (("naive per-choice", dict(naive=True)), ("ours", dict())):
             t0 = time.perf_counter()

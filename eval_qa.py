@@ -82,6 +82,17 @@ def fit_to_context(ctx, conts, max_len):
     return (ctx[:1] + ctx[1 + over:], True) if over > 0 else (ctx, False)
 
 
+def encode_items(tok, prompts, examples, max_len):
+    """-> ([(context ids, [continuation ids of each choice])] per question, how many prompts were cut to fit)."""
+    items, truncated = [], 0
+    for p, ex in zip(prompts, examples):
+        pairs = [encode_pair(tok, p, ch) for ch in ex.choices]
+        ctx, cut = fit_to_context(pairs[0][0], [cont for _, cont in pairs], max_len)
+        items.append((ctx, [cont for _, cont in pairs]))
+        truncated += cut
+    return items, truncated
+
+
 # -----------------------------------------------------------------------------
 # scoring
 
@@ -228,12 +239,7 @@ def evaluate_bench(model, tok, c, b, path):
         examples = examples[:c.limit]
     prefix = few_shot_prefix(c, b, path)
     prompts = [prefix + ex.prompt for ex in examples]
-    items, truncated = [], 0
-    for p, ex in zip(prompts, examples):
-        pairs = [encode_pair(tok, p, ch) for ch in ex.choices]
-        ctx, cut = fit_to_context(pairs[0][0], [cont for _, cont in pairs], model.args.max_seq_len)
-        items.append((ctx, [cont for _, cont in pairs]))
-        truncated += cut
+    items, truncated = encode_items(tok, prompts, examples, model.args.max_seq_len)
     t0 = time.perf_counter()
     scores, gens = None, None
     if c.method == "loglik":
