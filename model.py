@@ -123,21 +123,49 @@ def apply_rope(x, cos, sin):
 
 
 def linear(layer, x):
-    """layer(x), by a faster route for decoding on CPU; exactly layer(x) everywhere else (training included).
+    """layer(x), through the fastest GEMM for the case; exactly layer(x) on GPU, in bf16/fp16 and for other modules.
 
-    A one-token step (at most 4 rows: a batch of 1-4) is matrix-vector work, bound by reading the weights, and MKL's
-    gemv behind nn.Linear streams a weight at ~10 GB/s here, on one thread. Without autograd, fp32 such calls go to
-    oneDNN's linear (torch.ops.mkldnn, in every x86 build; ~20 GB/s); in compiled code, to a broadcast
-    multiply-sum that inductor emits as one multi-threaded reduction (~25 GB/s). Both sum in another order than MKL:
-    results agree to float rounding (tested).
+    On CPU in fp32, oneDNN's linear (torch.ops.mkldnn, in every x86 build) is faster than MKL's sgemm behind
+    nn.Linear: it JIT-compiles its kernels for the CPU at hand (MKL takes a generic path on non-Intel CPUs). Measured
+    on this 2-core AMD EPYC: 1.05-1.25x for training- and prompt-sized products, ~2x for a one-token step, whose
+    matrix-vector work MKL streams at ~10 GB/s on one thread. With autograd, `OneDNNLinear` keeps that for the forward
+    and for grad_x. In compiled code, a one-token step is a broadcast multiply-sum that inductor emits as one
+    multi-threaded reduction (~25 GB/s); other compiled products stay layer(x). Every route sums in another order than
+    MKL: results agree to float rounding (tested).
     """
-    if type(layer) is not nn.Linear or x.device.type != "cpu" or x.numel() > 4 * x.size(-1):
+    if type(layer) is not nn.Linear or x.device.type != "cpu":
         return layer(x)
     if torch.compiler.is_compiling():
-        return (x.unsqueeze(-2) * layer.weight).sum(-1)
-    if not torch.is_grad_enabled() and x.dtype == torch.float32 and torch.backends.mkldnn.is_available():
-        return torch.ops.mkldnn._linear_pointwise(x, layer.weight, None, "none", [], "")
-    return layer(x)
+        return (x.unsqueeze(-2) * layer.weight).sum(-1) if x.numel() <= 4 * x.size(-1) else layer(x)
+    if x.dtype != torch.float32 or layer.weight.dtype != torch.float32 or not torch.backends.mkldnn.is_available():
+        return layer(x)
+    if torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad):
+        return OneDNNLinear.apply(x, layer.weight)
+    return onednn_linear(x, layer.weight)
+
+
+def onednn_linear(x, weight):
+    """x @ weight.T by oneDNN (CPU, fp32)."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
+
+
+class OneDNNLinear(torch.autograd.Function):
+    """x @ weight.T with oneDNN for the forward and for grad_x = g @ weight (a transposed copy of the weight, a few
+    MB, is cheaper than MKL's slower GEMM); grad_weight = g.T @ x stays MKL's, which is faster for that layout."""
+
+    @staticmethod
+    def forward(ctx, x, weight):
+        ctx.save_for_backward(x, weight)  # what nn.Linear's autograd saves too
+        return onednn_linear(x, weight)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y):
+        x, weight = ctx.saved_tensors
+        g = grad_y.reshape(-1, grad_y.size(-1))
+        grad_x = onednn_linear(g, weight.t().contiguous()).view(x.shape) if ctx.needs_input_grad[0] else None
+        grad_w = g.t() @ x.reshape(-1, x.size(-1)) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_w
 
 
 class KVCache(nn.Module):
@@ -197,7 +225,36 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(args.intermediate_size, args.dim, bias=False)
 
     def forward(self, x):
-        return linear(self.down_proj, F.silu(linear(self.gate_proj, x)) * linear(self.up_proj, x))
+        return linear(self.down_proj, swiglu(linear(self.gate_proj, x), linear(self.up_proj, x)))
+
+
+def swiglu(gate, up):
+    """silu(gate) * up; with autograd through `SwiGLU` (same bits, less memory), except in compiled code."""
+    if torch.compiler.is_compiling() or not torch.is_grad_enabled():
+        return F.silu(gate) * up  # inductor fuses it; without autograd there is nothing to save
+    return SwiGLU.apply(gate, up)
+
+
+class SwiGLU(torch.autograd.Function):
+    """silu(gate) * up with autograd's own formulas (bit-identical), but saving gate and up only: silu(gate) is
+    recomputed in backward (one cheap pass) instead of kept, and forward and backward each allocate one
+    (tokens x intermediate) tensor fewer. On CPU every fresh tensor that size pays its page faults again."""
+
+    @staticmethod
+    def forward(ctx, gate, up):
+        ctx.save_for_backward(gate, up)
+        return F.silu(gate).mul_(up)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        gate, up = ctx.saved_tensors
+        grad_gate = None
+        if ctx.needs_input_grad[0]:  # silu'(gate) * (grad * up), written over its own input
+            grad_gate = grad * up
+            torch.ops.aten.silu_backward.grad_input(grad_gate, gate, grad_input=grad_gate)
+        grad_up = F.silu(gate).mul_(grad) if ctx.needs_input_grad[1] else None
+        return grad_gate, grad_up
 
 
 class Block(nn.Module):

@@ -3,9 +3,10 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import make_hf_llama
-from model import ModelArgs, Transformer, linear, load_hf, preset, save_hf
+from model import ModelArgs, Transformer, linear, load_hf, preset, save_hf, swiglu
 
 CONFIGS = {
     "mha": dict(num_key_value_heads=4),
@@ -89,18 +90,31 @@ def test_compiled_decoding_matches_transformers(tmp_path):
     assert (compiled - eager).abs().max().item() <= 1e-5
 
 
-def test_decoding_linear_agrees_with_nn_linear():
-    """`linear`'s decoding route (oneDNN, at most 4 rows, no autograd) vs nn.Linear; otherwise it is nn.Linear."""
+def test_linear_routes_agree_with_nn_linear():
+    """`linear` on CPU fp32 (oneDNN, with and without autograd) vs nn.Linear: outputs and both gradients."""
     torch.manual_seed(0)
     layer = torch.nn.Linear(512, 1000, bias=False)
-    for rows in (1, 2, 4):
-        x = torch.randn(rows, 1, 512)
+    ref = torch.nn.Linear(512, 1000, bias=False)
+    ref.weight.data.copy_(layer.weight.data)
+    for shape in ((1, 1, 512), (4, 1, 512), (5, 1, 512), (3, 70, 512), (70, 512)):
+        x = torch.randn(shape)
         with torch.no_grad():
             assert (linear(layer, x) - layer(x)).abs().max().item() <= 1e-5
-    x = torch.randn(5, 1, 512)
-    with torch.no_grad():
-        assert torch.equal(linear(layer, x), layer(x))  # more rows: the plain GEMM
-    assert torch.equal(linear(layer, x[:1]), layer(x[:1]))  # with autograd: exactly nn.Linear
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = linear(layer, xa), ref(xb)
+        assert ya.shape == yb.shape and (ya - yb).abs().max().item() <= 1e-5
+        g = torch.randn_like(ya)
+        (ya * g).sum().backward()
+        (yb * g).sum().backward()
+        assert (xa.grad - xb.grad).abs().max().item() <= 1e-5
+        assert ((layer.weight.grad - ref.weight.grad).abs().max() / ref.weight.grad.abs().max()).item() <= 1e-6
+        layer.weight.grad = ref.weight.grad = None
+    layer.weight.requires_grad_(False)  # frozen weight: only grad_x
+    x = torch.randn(2, 9, 512, requires_grad=True)
+    linear(layer, x).sum().backward()
+    assert layer.weight.grad is None and (x.grad - layer.weight.sum(0)).abs().max().item() <= 1e-5
+    x = torch.randn(2, 9, 512, dtype=torch.float64)  # other dtypes: exactly nn.Linear
+    assert torch.equal(linear(layer.double(), x), layer(x))
 
 
 def test_kv_cache_chunks_equal_full_forward(hf_pair):
@@ -239,3 +253,21 @@ def test_chunked_linear_cross_entropy_matches_full_logits(frozen_head, monkeypat
         assert (g0[n] - g1[n]).abs().max().item() <= 1e-5, n
     _, mean = m(idx, t, return_logits=False)
     assert abs(mean.item() - l0 / (t != -100).sum().item()) <= 1e-5
+
+
+def test_swiglu_is_autograds_formula_bit_for_bit():
+    """`swiglu`'s hand-written backward (saves gate and up only) gives autograd's own gradients, exactly."""
+    torch.manual_seed(0)
+    g, u = torch.randn(3, 7, 96, requires_grad=True), torch.randn(3, 7, 96, requires_grad=True)
+    g2, u2 = g.detach().clone().requires_grad_(), u.detach().clone().requires_grad_()
+    out = swiglu(g, u)
+    ref = F.silu(g2) * u2
+    assert torch.equal(out, ref)
+    dy = torch.randn_like(out)
+    out.backward(dy)
+    ref.backward(dy)
+    assert torch.equal(g.grad, g2.grad) and torch.equal(u.grad, u2.grad)
+    frozen_up = u.detach()  # only the gate needs a gradient
+    g.grad = None
+    swiglu(g, frozen_up).backward(dy)
+    assert torch.equal(g.grad, g2.grad)
