@@ -10,6 +10,7 @@ rotary tables in fp32 cast to the activation dtype) so logits agree to float rou
 import json
 import math
 import os
+import platform
 import shutil
 import warnings
 from contextlib import contextmanager
@@ -122,12 +123,16 @@ def apply_rope(x, cos, sin):
     return x * cos + rotate_half(x) * sin
 
 
-def linear(layer, x):
-    """layer(x), through the fastest GEMM for the case; exactly layer(x) on GPU, in bf16/fp16 and for other modules.
+# oneDNN's linear: in every x86 build of torch (measured only there, so used only there)
+ONEDNN = (platform.machine().lower() in ("x86_64", "amd64") and torch.backends.mkldnn.is_available()
+          and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
-    On CPU in fp32, oneDNN's linear (torch.ops.mkldnn, in every x86 build) is faster than MKL's sgemm behind
-    nn.Linear: it JIT-compiles its kernels for the CPU at hand (MKL takes a generic path on non-Intel CPUs). Measured
-    on this 2-core AMD EPYC: 1.05-1.25x for training- and prompt-sized products, ~2x for a one-token step, whose
+
+def linear(layer, x):
+    """layer(x) by the fastest route on CPU; exactly layer(x) on GPU, for other modules and for eager bf16/fp16.
+
+    On x86 CPUs in fp32, oneDNN's linear is faster than MKL's sgemm behind nn.Linear: it JIT-compiles its kernels for
+    the CPU at hand (MKL's are tuned for Intel's). Measured on this 2-core AMD EPYC: 1.05-1.25x for training- and prompt-sized products, ~2x for a one-token step, whose
     matrix-vector work MKL streams at ~10 GB/s on one thread. With autograd, `OneDNNLinear` keeps that for the forward
     and for grad_x. In compiled code, a one-token step is a broadcast multiply-sum that inductor emits as one
     multi-threaded reduction (~25 GB/s); other compiled products stay layer(x). Every route sums in another order than
@@ -137,7 +142,7 @@ def linear(layer, x):
         return layer(x)
     if torch.compiler.is_compiling():
         return (x.unsqueeze(-2) * layer.weight).sum(-1) if x.numel() <= 4 * x.size(-1) else layer(x)
-    if x.dtype != torch.float32 or layer.weight.dtype != torch.float32 or not torch.backends.mkldnn.is_available():
+    if not ONEDNN or x.dtype != torch.float32 or layer.weight.dtype != torch.float32:
         return layer(x)
     if torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad):
         return OneDNNLinear.apply(x, layer.weight)
