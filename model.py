@@ -294,6 +294,7 @@ class Transformer(nn.Module):
         self.args = args
         self.activation_checkpointing = False
         self._compiled_forward = None  # built by compiled_decoder() on first use
+        self._loss_workspace = {}  # LinearCrossEntropy's CPU logits buffer, kept from one step to the next
         self.model = LlamaModel(args)
         self.lm_head = nn.Linear(args.dim, args.vocab_size, bias=False)
         if args.tie_word_embeddings:
@@ -340,7 +341,8 @@ class Transformer(nn.Module):
         """
         h = self.hidden(idx, start_pos)
         if targets is not None and not return_logits and type(self.lm_head) is nn.Linear:
-            total = LinearCrossEntropy.apply(h.reshape(-1, h.size(-1)), self.lm_head.weight, targets.reshape(-1))
+            total = LinearCrossEntropy.apply(h.reshape(-1, h.size(-1)), self.lm_head.weight, targets.reshape(-1),
+                                             self._loss_workspace)
             return None, total if reduction == "sum" else total / (targets != -100).sum()
         logits = linear(self.lm_head, h)
         loss = None
@@ -431,7 +433,7 @@ class LinearCrossEntropy(torch.autograd.Function):
     chunk_elems = 2**25  # logits elements per chunk
 
     @staticmethod
-    def forward(ctx, h, weight, targets):
+    def forward(ctx, h, weight, targets, workspace=None):
         N, V = h.size(0), weight.size(0)
         chunk = max(1, LinearCrossEntropy.chunk_elems // V)
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
@@ -441,9 +443,15 @@ class LinearCrossEntropy(torch.autograd.Function):
         if need_w:  # fp32: addmm_ accumulates in place (beta=0 on the first chunk: no zero fill); else fp32 sums
             grad_w = (torch.empty if fp32 and N else torch.zeros)(weight.shape, dtype=torch.float32, device=weight.device)
         total = torch.zeros((), dtype=torch.float32, device=h.device)
-        # one fp32 buffer for every chunk's logits, then softmax and gradient, all in place: on CPU each fresh
-        # 128 MB tensor costs its page faults again (~10% of a small model's step)
-        buf = torch.empty(min(chunk, N), V, dtype=torch.float32, device=h.device)
+        # one fp32 buffer for every chunk's logits, then softmax and gradient, all in place. On CPU each fresh 128 MB
+        # tensor pays its page faults again, so a workspace dict (the model's) keeps it between calls; nothing in it
+        # outlives a call. GPU allocators keep their blocks anyway.
+        rows = min(chunk, N)
+        buf = workspace.get("logits") if workspace is not None and h.device.type == "cpu" else None
+        if buf is None or buf.size(0) < rows or buf.size(1) != V:
+            buf = torch.empty(rows, V, dtype=torch.float32, device=h.device)
+            if workspace is not None and h.device.type == "cpu":
+                workspace["logits"] = buf
         for s in range(0, N, chunk):
             hc, tc = h[s:s + chunk], targets[s:s + chunk]
             z = buf[:len(tc)]
@@ -476,7 +484,7 @@ class LinearCrossEntropy(torch.autograd.Function):
         if ctx.grads is None:
             raise RuntimeError("LinearCrossEntropy: backward twice (retain_graph) is not supported")
         grads, ctx.grads = ctx.grads, None
-        return *(g.mul_(grad_out) if g is not None else None for g in grads), None
+        return *(g.mul_(grad_out) if g is not None else None for g in grads), None, None
 
 
 def sample_next(logits, temperature=0.0, top_k=None, generator=None):

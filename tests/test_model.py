@@ -253,6 +253,10 @@ def test_chunked_linear_cross_entropy_matches_full_logits(frozen_head, monkeypat
         assert (g0[n] - g1[n]).abs().max().item() <= 1e-5, n
     _, mean = m(idx, t, return_logits=False)
     assert abs(mean.item() - l0 / (t != -100).sum().item()) <= 1e-5
+    buf = m._loss_workspace["logits"]  # the CPU logits buffer is kept between calls; fewer rows use a slice of it
+    small = m(idx[1:2, :10], t[1:2, :10], reduction="sum", return_logits=False)[1]
+    full = F.cross_entropy(m(idx[1:2, :10])[0].view(-1, 3000), t[1:2, :10].reshape(-1), reduction="sum")
+    assert m._loss_workspace["logits"] is buf and abs(small.item() - full.item()) <= 1e-5 * abs(full.item())
 
 
 def test_swiglu_is_autograds_formula_bit_for_bit():
