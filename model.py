@@ -132,11 +132,11 @@ def linear(layer, x):
     """layer(x) by the fastest route on CPU; exactly layer(x) on GPU, for other modules and for eager bf16/fp16.
 
     On x86 CPUs in fp32, oneDNN's linear is faster than MKL's sgemm behind nn.Linear: it JIT-compiles its kernels for
-    the CPU at hand (MKL's are tuned for Intel's). Measured on this 2-core AMD EPYC: 1.05-1.25x for training- and prompt-sized products, ~2x for a one-token step, whose
-    matrix-vector work MKL streams at ~10 GB/s on one thread. With autograd, `OneDNNLinear` keeps that for the forward
-    and for grad_x. In compiled code, a one-token step is a broadcast multiply-sum that inductor emits as one
-    multi-threaded reduction (~25 GB/s); other compiled products stay layer(x). Every route sums in another order than
-    MKL: results agree to float rounding (tested).
+    the CPU at hand (MKL's are tuned for Intel's). Measured on this 2-core AMD EPYC: 1.05-1.25x for training- and
+    prompt-sized products, ~2x for a one-token step, whose matrix-vector work MKL streams at ~10 GB/s on one thread.
+    With autograd, `OneDNNLinear` keeps that for the forward and for grad_x. In compiled code, a one-token step is a
+    broadcast multiply-sum that inductor emits as one multi-threaded reduction (~25 GB/s); other compiled products
+    stay layer(x). Every route sums in another order than MKL: results agree to float rounding (tested).
     """
     if type(layer) is not nn.Linear or x.device.type != "cpu":
         return layer(x)
@@ -234,9 +234,9 @@ class MLP(nn.Module):
 
 
 def swiglu(gate, up):
-    """silu(gate) * up; with autograd through `SwiGLU` (same bits, less memory), except in compiled code."""
-    if torch.compiler.is_compiling() or not torch.is_grad_enabled():
-        return F.silu(gate) * up  # inductor fuses it; without autograd there is nothing to save
+    """silu(gate) * up, through `SwiGLU` (same bits, less memory), except in compiled code."""
+    if torch.compiler.is_compiling():
+        return F.silu(gate) * up  # inductor fuses it
     return SwiGLU.apply(gate, up)
 
 
@@ -441,17 +441,18 @@ class LinearCrossEntropy(torch.autograd.Function):
         fp32 = h.dtype == torch.float32
         grad_w = None
         if need_w:  # fp32: addmm_ accumulates in place (beta=0 on the first chunk: no zero fill); else fp32 sums
-            grad_w = (torch.empty if fp32 and N else torch.zeros)(weight.shape, dtype=torch.float32, device=weight.device)
+            alloc = torch.empty if fp32 and N else torch.zeros
+            grad_w = alloc(weight.shape, dtype=torch.float32, device=weight.device)
         total = torch.zeros((), dtype=torch.float32, device=h.device)
         # one fp32 buffer for every chunk's logits, then softmax and gradient, all in place. On CPU each fresh 128 MB
         # tensor pays its page faults again, so a workspace dict (the model's) keeps it between calls; nothing in it
         # outlives a call. GPU allocators keep their blocks anyway.
-        rows = min(chunk, N)
-        buf = workspace.get("logits") if workspace is not None and h.device.type == "cpu" else None
-        if buf is None or buf.size(0) < rows or buf.size(1) != V:
-            buf = torch.empty(rows, V, dtype=torch.float32, device=h.device)
-            if workspace is not None and h.device.type == "cpu":
-                workspace["logits"] = buf
+        workspace = workspace if h.device.type == "cpu" else None
+        buf = workspace.get("logits") if workspace is not None else None
+        if buf is None or buf.size(0) < min(chunk, N) or buf.size(1) != V:
+            buf = torch.empty(min(chunk, N), V, dtype=torch.float32, device=h.device)
+        if workspace is not None:
+            workspace["logits"] = buf
         for s in range(0, N, chunk):
             hc, tc = h[s:s + chunk], targets[s:s + chunk]
             z = buf[:len(tc)]
