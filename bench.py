@@ -49,6 +49,22 @@ def print_table(rows, cols):
         print("  ".join(x.rjust(w) for x, w in zip(c, widths)))
 
 
+def machine():
+    """The CPU (vendor tuning does not travel: every figure must name it), torch's build and its math libraries."""
+    import platform
+    import torch
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    libs = [line.strip(" -") for line in torch.__config__.show().splitlines()
+            if any(k in line for k in ("Math Kernel", "MKL-DNN", "oneDNN", "OpenBLAS", "CPU capability"))]
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "math_libraries": libs, "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
 def run_measured(cmd):
     """Run cmd as a child; return (seconds, peak RSS in MiB over it and the children it waited for)."""
     t0 = time.perf_counter()
@@ -130,7 +146,8 @@ def _models(cfg):
     """HF's LlamaForCausalLM (sdpa) and ours with identical weights (ours loads HF's tensors by name)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
-    from model import args_from_hf_config, Transformer
+    from model import Transformer
+    from weights import args_from_hf_config
     torch.manual_seed(0)
     hcfg = LlamaConfig(hidden_size=cfg["dim"], num_hidden_layers=cfg["n_layers"], num_attention_heads=cfg["n_heads"],
                        num_key_value_heads=cfg["n_kv_heads"], intermediate_size=cfg["intermediate_size"],
@@ -146,13 +163,14 @@ def _train_step(side, model, cfg, x):
     """One full training step as each stack runs it by default: forward, loss, backward, fused AdamW (train.py's,
     and HF Trainer's default optimizer since torch 2.8). Returns the loss."""
     import torch
+    from kernels import linear_cross_entropy
     fwd = torch.compile(model) if cfg["compile"] else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     targets = torch.cat([x[:, 1:], torch.full((x.size(0), 1), -100)], 1)
 
     def step():
         if side == "ours":
-            loss = fwd(x, targets, return_logits=False)[1]
+            loss = fwd(x, targets, loss_fn=linear_cross_entropy)[1]
         else:
             loss = fwd(input_ids=x, labels=x).loss  # HF shifts the labels itself
         loss.backward()
@@ -251,6 +269,7 @@ def bench_fsdp(cfg):
     from types import SimpleNamespace
     import torch
     import train
+    from kernels import linear_cross_entropy
     from model import ModelArgs
     shapes = {"1b": dict(dim=2048, n_layers=16, n_heads=16, n_kv_heads=8, intermediate_size=5632, micro=8),
               "tiny": dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, intermediate_size=128, micro=2)}[cfg["fsdp_preset"]]
@@ -270,7 +289,7 @@ def bench_fsdp(cfg):
             if ctx.device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            _, loss = model(x, y, return_logits=False)
+            _, loss = model(x, y, loss_fn=linear_cross_entropy)
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -299,7 +318,10 @@ def main(argv=None):
     benches = {"corpus": bench_corpus, "eval": bench_eval, "model": bench_model, "fsdp": bench_fsdp}
     if cfg["what"] not in benches:
         raise SystemExit(f"--what={cfg['what']}: known: {', '.join(benches)}")
-    results = {"what": cfg["what"], "results": benches[cfg["what"]](cfg)}
+    info = machine()
+    print(f"{info['cpu']} ({info['cores']} cores), torch {info['torch']}, {info['threads']} threads"
+          + (f", GPU {info['gpu']}" if info["gpu"] else "") + "".join(f"\n  {lib}" for lib in info["math_libraries"]))
+    results = {"what": cfg["what"], "machine": info, "results": benches[cfg["what"]](cfg)}
     path = cfg["out"] or f"bench_{cfg['what']}{'_compile' if cfg['compile'] else ''}.json"
     with open(path, "w") as f:
         json.dump(results, f, indent=2)

@@ -29,7 +29,7 @@ from tqdm import tqdm
 import qa_data
 from configurator import configure
 from lora import load_adapter, merge_lora
-from model import load_model
+from weights import load_model
 from tokenizer import Tokenizer
 
 bench = "pubmedqa"  # one or several, comma-separated: pubmedqa, medmcqa, usmle

@@ -22,7 +22,7 @@ import train
 from configurator import config_keys, configure
 from lora import (adapter_config, apply_lora, init_lora, lora_state_dict, mark_only_lora_as_trainable,
                   merged_state_dict, save_adapter)
-from model import read_hf_config, save_hf
+from weights import read_hf_config, save_hf
 from tokenizer import Tokenizer
 
 # the training loop's settings and defaults, then fine-tuning's own

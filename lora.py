@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import atomic_folder, copy_param_
+from weights import atomic_folder, copy_param_
 
 PEFT_PREFIX = "base_model.model."
 

@@ -11,7 +11,7 @@ import time
 import torch
 
 from configurator import configure
-from model import load_model
+from weights import load_model
 from tokenizer import Tokenizer
 
 init_from = ""  # HF folder or train.py checkpoint folder

@@ -25,8 +25,10 @@ import torch
 import torch.distributed as dist
 
 from configurator import configure
-from model import (ModelArgs, Transformer, checkpoint_files, hf_config, is_dcp_checkpoint, iter_checkpoint_tensors,
-                   load_state_dict_streaming, materialize, preset, read_hf_config, save_hf)
+from kernels import linear_cross_entropy
+from model import ModelArgs, Transformer, preset
+from weights import (checkpoint_files, hf_config, is_dcp_checkpoint, iter_checkpoint_tensors, load_state_dict_streaming,
+                     materialize, read_hf_config, save_hf)
 
 # -----------------------------------------------------------------------------
 # defaults (override with a configs/*.py file and --key=value)
@@ -133,7 +135,7 @@ def build_model(c, device, init_path=None, model_args=None, extend=None):
     shard_model(model, c, device)
     materialize(model, device)
     if init_path is None:
-        model.init_weights(seed=c.seed)
+        load_state_dict_streaming(model, model.init_tensors(seed=c.seed), where="init")
     elif is_dcp_checkpoint(init_path):
         load_dcp_weights(model, init_path, base_names)
     else:
@@ -334,7 +336,7 @@ def evaluate(model, val_data, c, ctx):
     loss_sum, count = 0.0, 0
     for x, y in val_data.micro_batches(0, 0):
         x, y = x.to(ctx.device), y.to(ctx.device)
-        _, loss = model(x, y, reduction="sum", return_logits=False)
+        _, loss = model(x, y, reduction="sum", loss_fn=linear_cross_entropy)
         loss_sum, count = loss_sum + loss.item(), count + int((y != -100).sum())
     model.train()
     loss_sum, count = all_sum(loss_sum, count, device=ctx.device)
@@ -397,7 +399,7 @@ def fit(model, data, c, ctx, model_args, val_data=None, export=None):
         loss_sum = 0.0
         for m, (x, y) in enumerate(batches):
             model.set_requires_gradient_sync(m == len(batches) - 1)  # reduce-scatter once, on the last micro-step
-            _, loss = model(x, y, reduction="sum", return_logits=False)
+            _, loss = model(x, y, reduction="sum", loss_fn=linear_cross_entropy)
             # FSDP averages gradients over ranks: scale by world so the result is sum(loss) / n_tok
             (loss * (ctx.world / max(n_tok, 1))).backward()
             loss_sum += loss.item()

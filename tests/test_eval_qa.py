@@ -7,7 +7,7 @@ import torch
 import eval_qa
 import qa_data
 from conftest import data_path, make_hf_with_tokenizer
-from model import load_hf
+from weights import load_hf
 from tokenizer import Tokenizer
 
 

@@ -70,7 +70,7 @@ def test_lora_under_fsdp_two_processes(tmp_path, base):
 def test_resume_lora_finetune_checkpoint_is_guarded(tmp_path, base):
     finetune("configs/ft_id_cpu.py", tmp_path / "r", base, "--lora=True", "--select=0:8", "--epochs=1.0",
              "--global_batch_size=8", "--export_dtype=")
-    from model import load_model
+    from weights import load_model
     ckpt = [d for d in os.listdir(tmp_path / "r") if d.startswith("ckpt-")][0]
     with pytest.raises(ValueError, match="LoRA fine-tuning checkpoint"):
         load_model(str(tmp_path / "r" / ckpt))

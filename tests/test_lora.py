@@ -6,7 +6,7 @@ import torch
 from conftest import make_hf_llama
 from lora import (LoRALinear, apply_lora, adapter_config, load_adapter, mark_only_lora_as_trainable, merge_lora,
                   save_adapter, unmerge_lora)
-from model import load_hf
+from weights import load_hf
 
 
 @pytest.fixture

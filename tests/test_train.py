@@ -121,7 +121,7 @@ def test_sigkill_during_checkpoint_write_keeps_previous(tmp_path, corpus):
     assert r.returncode == -9
     names = sorted(os.listdir(tmp_path / "run"))
     assert "ckpt-00000002" in names and "ckpt-00000004.tmp" in names and "ckpt-00000004" not in names
-    from model import load_model
+    from weights import load_model
     from train import latest_checkpoint
     assert latest_checkpoint(str(tmp_path / "run")).endswith("ckpt-00000002")
     m = load_model(str(tmp_path / "run" / "ckpt-00000002"))  # loadable as a model
@@ -135,7 +135,7 @@ def test_sigkill_during_checkpoint_write_keeps_previous(tmp_path, corpus):
 
 def test_export_loads_in_transformers_with_same_logits(tmp_path, corpus):
     from transformers import LlamaForCausalLM
-    from model import load_model
+    from weights import load_model
     train(tmp_path / "r", corpus, "--max_iters=2")
     ours = load_model(str(tmp_path / "r" / "ckpt-00000002"))
     hf = LlamaForCausalLM.from_pretrained(str(tmp_path / "r" / "hf")).eval()
@@ -154,7 +154,7 @@ def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path, corpus):
     from train import latest_checkpoint
     last = latest_checkpoint(str(tmp_path / "nan"))
     assert last is not None and f"last good checkpoint: {last}" in r.stderr
-    from model import load_model
+    from weights import load_model
     load_model(last)
 
 

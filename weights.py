@@ -1,0 +1,264 @@
+"""
+Weights in and out: Hugging Face LLaMA folders (config.json + safetensors, sharded or not, or legacy
+pytorch_model*.bin read with torch.load(weights_only=True)), train.py's torch.distributed.checkpoint folders, and
+llama.cpp GGUF files; HF export. No transformers, and nothing from a checkpoint is ever executed.
+
+    model = load_model(path, dtype=torch.bfloat16, device="cuda")   # an HF folder, a ckpt-N folder or a .gguf file
+    save_hf(model, model.args, "out/export", tokenizer=tok)          # an HF folder that transformers loads
+
+Loading streams tensor by tensor into a model built on the meta device, so a 7B checkpoint never needs two copies in
+memory, and copies each process's own shard when the model is FSDP2-sharded (train.py).
+"""
+import json
+import os
+import shutil
+import warnings
+from contextlib import contextmanager
+
+import torch
+import torch.nn as nn
+
+from model import ModelArgs, Transformer
+
+
+# -----------------------------------------------------------------------------
+# Hugging Face folders: config.json + model.safetensors (or sharded, or pytorch_model*.bin loaded weights_only)
+
+def args_from_hf_config(cfg, where="config.json"):
+    archs = cfg.get("architectures") or []
+    if "LlamaForCausalLM" not in archs and cfg.get("model_type") != "llama":
+        raise ValueError(f"{where}: architectures={archs} model_type={cfg.get('model_type')!r}; "
+                         "only LlamaForCausalLM checkpoints are supported")
+    for flag in ("attention_bias", "mlp_bias"):
+        if cfg.get(flag):
+            raise ValueError(f"{where}: {flag}=true is not supported (LLaMA has no biases)")
+    if cfg.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"{where}: hidden_act={cfg['hidden_act']!r}; LLaMA uses silu")
+    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}  # transformers v5 / v4 spelling
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    try:
+        return ModelArgs(
+            dim=cfg["hidden_size"], n_layers=cfg["num_hidden_layers"], n_heads=cfg["num_attention_heads"],
+            n_kv_heads=cfg.get("num_key_value_heads"), vocab_size=cfg["vocab_size"],
+            intermediate_size=cfg["intermediate_size"], norm_eps=cfg.get("rms_norm_eps", 1e-6),
+            rope_theta=cfg.get("rope_theta", rope.get("rope_theta", 10000.0)),
+            rope_scaling=None if kind == "default" else dict(rope),
+            max_seq_len=cfg.get("max_position_embeddings", 2048), head_dim=cfg.get("head_dim"),
+            tie_word_embeddings=cfg.get("tie_word_embeddings", False))
+    except KeyError as e:
+        raise ValueError(f"{where}: missing field {e.args[0]!r}") from None
+
+
+def hf_config(args: ModelArgs, dtype=torch.float32):
+    rope = {"rope_type": "default", **(args.rope_scaling or {}), "rope_theta": args.rope_theta}
+    return {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "hidden_size": args.dim, "num_hidden_layers": args.n_layers, "num_attention_heads": args.n_heads,
+        "num_key_value_heads": args.n_kv_heads, "head_dim": args.head_dim, "vocab_size": args.vocab_size,
+        "intermediate_size": args.intermediate_size, "rms_norm_eps": args.norm_eps, "hidden_act": "silu",
+        "rope_theta": args.rope_theta, "rope_scaling": None if args.rope_scaling is None else rope,
+        "rope_parameters": rope,  # transformers >= 5 reads this, older versions rope_theta/rope_scaling
+        "max_position_embeddings": args.max_seq_len, "tie_word_embeddings": args.tie_word_embeddings,
+        "attention_bias": False, "mlp_bias": False, "bos_token_id": 1, "eos_token_id": 2,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+    }
+
+
+def checkpoint_files(path):
+    """-> (list of weight files, loader kind). Prefers safetensors; *.bin only through torch.load(weights_only)."""
+    for index, kind in (("model.safetensors.index.json", "safetensors"), ("pytorch_model.bin.index.json", "bin")):
+        ip = os.path.join(path, index)
+        if os.path.isfile(ip):
+            with open(ip) as f:
+                weight_map = json.load(f)["weight_map"]
+            files = sorted(set(weight_map.values()))
+            missing = [f for f in files if not os.path.isfile(os.path.join(path, f))]
+            if missing:
+                raise FileNotFoundError(f"{ip} names shard(s) that are not there: {', '.join(missing)}")
+            return [os.path.join(path, f) for f in files], kind
+    for single, kind in (("model.safetensors", "safetensors"), ("pytorch_model.bin", "bin")):
+        if os.path.isfile(os.path.join(path, single)):
+            return [os.path.join(path, single)], kind
+    raise FileNotFoundError(f"{path}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+
+
+def iter_checkpoint_tensors(files, kind):
+    """Yield (name, tensor) one at a time, so loading never holds a second full copy of the weights."""
+    if kind == "safetensors":
+        from safetensors import safe_open
+        for fp in files:
+            with safe_open(fp, framework="pt") as f:
+                for name in f.keys():
+                    yield name, f.get_tensor(name)
+    else:
+        for fp in files:
+            sd = torch.load(fp, map_location="cpu", weights_only=True, mmap=True)
+            yield from sd.items()
+            del sd
+
+
+def read_hf_config(path):
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"model folder {path} does not exist")
+    cp = os.path.join(path, "config.json")
+    if not os.path.isfile(cp):
+        raise FileNotFoundError(f"{path}: no config.json (expected a Hugging Face LLaMA folder)")
+    with open(cp) as f:
+        return args_from_hf_config(json.load(f), where=cp)
+
+
+def load_hf(path, dtype=torch.float32, device="cpu"):
+    """Build a Transformer from an HF LLaMA folder, tensor by tensor, straight into dtype on device."""
+    args = read_hf_config(path)
+    files, kind = checkpoint_files(path)
+    with torch.device("meta"):
+        model = Transformer(args)
+    materialize(model, device, dtype)
+    load_state_dict_streaming(model, iter_checkpoint_tensors(files, kind), where=path)
+    return model.eval()
+
+
+def materialize(model, device, dtype=None):
+    """Give a meta-device model (maybe FSDP-sharded) real, uninitialised storage on device, keeping tied weights
+    tied (tensor swapping keeps each Parameter object, so a shared one stays shared), and build the rope tables."""
+    swap = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        model.to_empty(device=device)
+        if dtype is not None:
+            model.to(dtype)
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(swap)
+    model.init_rope()
+    return model
+
+
+@torch.no_grad()
+def copy_param_(p, full):
+    """p.copy_(full), where p may be an FSDP2-sharded DTensor: then only this rank's shard is copied, no traffic."""
+    if hasattr(p, "device_mesh"):
+        from torch.distributed.tensor import distribute_tensor
+        full = distribute_tensor(full.to(p.device, p.dtype), p.device_mesh, p.placements, src_data_rank=None)
+        p.to_local().copy_(full.to_local())
+    else:
+        p.copy_(full)
+
+
+@torch.no_grad()
+def load_state_dict_streaming(model, named_tensors, where="checkpoint", names=None):
+    """Copy (name, tensor) pairs into model's parameters with strict name and shape checks.
+    names: the parameters the checkpoint must provide (default all; e.g. the base without LoRA layers)."""
+    params = dict(model.named_parameters())  # a tied lm_head shows up once, under model.embed_tokens
+    if names is not None:
+        params = {n: params[n] for n in names if n in params}
+    expected = set(params)
+    seen, unexpected = set(), []
+    for name, t in named_tensors:
+        if name not in params:
+            if name == "lm_head.weight" and model.args.tie_word_embeddings:
+                continue  # some tied checkpoints store the shared matrix twice
+            if not name.endswith("rotary_emb.inv_freq"):  # older exports saved this derived buffer
+                unexpected.append(name)
+            continue
+        p = params[name]
+        if tuple(t.shape) != tuple(p.shape):
+            raise ValueError(f"{where}: tensor {name} has shape {tuple(t.shape)} but the model expects {tuple(p.shape)}")
+        copy_param_(p, t)
+        seen.add(name)
+    missing = sorted(expected - seen)
+    if missing or unexpected:
+        msg = [f"{where}: checkpoint does not match the model."]
+        if missing:
+            msg.append(f"missing tensors ({len(missing)}): {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}")
+        if unexpected:
+            msg.append(f"unexpected tensors ({len(unexpected)}): {', '.join(unexpected[:10])}"
+                       f"{' ...' if len(unexpected) > 10 else ''}")
+        raise ValueError(" ".join(msg))
+
+
+def save_hf(model_or_state, args: ModelArgs, out_dir, dtype=torch.bfloat16, tokenizer_path=None,
+            max_shard_bytes=5 * 2**30):
+    """Write an HF LLaMA folder (config.json, safetensors shards + index, tokenizer.model) atomically.
+
+    model_or_state is a Transformer or a full state dict (e.g. gathered from FSDP). The folder is written under
+    a temporary name and renamed at the end, so a crash never leaves a half-written export.
+    """
+    sd = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
+    if args.tie_word_embeddings:
+        sd = {k: v for k, v in sd.items() if k != "lm_head.weight"}  # safetensors stores shared tensors once
+    with atomic_folder(out_dir) as tmp:
+        _write_hf_folder(tmp, sd, args, dtype, tokenizer_path, max_shard_bytes)
+    return os.path.abspath(out_dir)
+
+
+def _write_hf_folder(tmp, sd, args, dtype, tokenizer_path, max_shard_bytes):
+    from safetensors.torch import save_file
+    shards, cur, size = [], {}, 0  # greedy sharding in key order, like HF's save_pretrained
+    for name, t in sd.items():
+        t = t.detach().to("cpu", dtype).contiguous()
+        nbytes = t.numel() * t.element_size()
+        if cur and size + nbytes > max_shard_bytes:
+            shards.append(cur)
+            cur, size = {}, 0
+        cur[name] = t
+        size += nbytes
+    shards.append(cur)
+    if len(shards) == 1:
+        save_file(shards[0], os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+    else:
+        weight_map, total = {}, 0
+        for i, shard in enumerate(shards):
+            fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, os.path.join(tmp, fname), metadata={"format": "pt"})
+            for name, t in shard.items():
+                weight_map[name] = fname
+                total += t.numel() * t.element_size()
+        with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
+            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+        json.dump(hf_config(args, dtype), f, indent=2)
+    with open(os.path.join(tmp, "generation_config.json"), "w") as f:
+        json.dump({"bos_token_id": 1, "eos_token_id": 2}, f, indent=2)
+    if tokenizer_path is not None:
+        shutil.copyfile(tokenizer_path, os.path.join(tmp, "tokenizer.model"))
+
+
+@contextmanager
+def atomic_folder(out_dir):
+    """Yield a fresh temporary folder beside out_dir; when the block completes, it replaces out_dir in one rename,
+    so a crash never leaves a half-written folder under the final name."""
+    out_dir = os.path.abspath(out_dir)
+    tmp = out_dir + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    yield tmp
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+
+
+# -----------------------------------------------------------------------------
+# our own training checkpoints: torch.distributed.checkpoint folders written by train.py
+
+def is_dcp_checkpoint(path):
+    return os.path.isfile(os.path.join(path, ".metadata"))
+
+
+def load_model(path, dtype=torch.float32, device="cpu"):
+    """An HF folder or one of train.py's checkpoint folders (which carry an HF config.json beside the shards)."""
+    if not is_dcp_checkpoint(path):
+        return load_hf(path, dtype=dtype, device=device)
+    import torch.distributed.checkpoint as dcp
+    keys = dcp.FileSystemReader(path).read_metadata().state_dict_metadata
+    if any(".lora_A." in k for k in keys):
+        raise ValueError(f"{path} is a LoRA fine-tuning checkpoint: load its base model and the adapter "
+                         "(finetune_qa.py writes out_dir/adapter; eval_qa.py --lora=ADAPTER_DIR)")
+    args = read_hf_config(path)
+    with torch.device("meta"):
+        model = Transformer(args)
+    materialize(model, "cpu")  # uninitialised fp32 storage: DCP loads into existing tensors, resharding as needed
+    state = {"model": model.state_dict()}
+    with warnings.catch_warnings():  # loading in one process is what we want here
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=path)
+    model.load_state_dict(state["model"])
+    return model.to(device=device, dtype=dtype).eval()
