@@ -9,7 +9,9 @@ llama.cpp GGUF files; HF export. No transformers, and nothing from a checkpoint 
 Loading streams tensor by tensor into a model built on the meta device, so a 7B checkpoint never needs two copies in
 memory, and copies each process's own shard when the model is FSDP2-sharded (train.py).
 """
+import functools
 import json
+import math
 import os
 import shutil
 import warnings
@@ -18,7 +20,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn as nn
 
-from model import ModelArgs, Transformer
+from model import ModelArgs, Transformer, rope_inv_freq
 
 
 # -----------------------------------------------------------------------------
@@ -109,13 +111,7 @@ def read_hf_config(path):
 
 def load_hf(path, dtype=torch.float32, device="cpu"):
     """Build a Transformer from an HF LLaMA folder, tensor by tensor, straight into dtype on device."""
-    args = read_hf_config(path)
-    files, kind = checkpoint_files(path)
-    with torch.device("meta"):
-        model = Transformer(args)
-    materialize(model, device, dtype)
-    load_state_dict_streaming(model, iter_checkpoint_tensors(files, kind), where=path)
-    return model.eval()
+    return load_model(path, dtype, device)
 
 
 def materialize(model, device, dtype=None):
@@ -237,16 +233,163 @@ def atomic_folder(out_dir):
 
 
 # -----------------------------------------------------------------------------
+# llama.cpp GGUF files: metadata -> ModelArgs, tensors dequantized and renamed to ours
+
+GGUF_NAMES = {  # llama.cpp's tensor names -> ours (HF's); blk.N.* -> model.layers.N.*
+    "token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight", "attn_norm.weight": "input_layernorm.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight", "attn_q.weight": "self_attn.q_proj.weight",
+    "attn_k.weight": "self_attn.k_proj.weight", "attn_v.weight": "self_attn.v_proj.weight",
+    "attn_output.weight": "self_attn.o_proj.weight", "ffn_gate.weight": "mlp.gate_proj.weight",
+    "ffn_up.weight": "mlp.up_proj.weight", "ffn_down.weight": "mlp.down_proj.weight",
+}
+
+
+@functools.lru_cache(maxsize=2)
+def gguf_reader(path):
+    """gguf's reader parses every metadata field up front (~10 s for a 49k-token vocabulary): built once per file."""
+    try:
+        import gguf
+    except ImportError:
+        raise ImportError(f"{path} is a GGUF file: reading it needs llama.cpp's reader, `pip install gguf`") from None
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"GGUF file {path} does not exist")
+    reader = gguf.GGUFReader(path)
+    reader.path = path  # for error messages
+    return reader
+
+
+def gguf_value(reader, key, default=KeyError):
+    """A metadata value (str, number or list); a missing key without a default is an error naming file and key."""
+    field = reader.fields.get(key)
+    if field is None:
+        if default is KeyError:
+            raise ValueError(f"{reader.path}: GGUF metadata key {key!r} is missing")
+        return default
+    return field.contents()
+
+
+def args_from_gguf(reader):
+    arch = gguf_value(reader, "general.architecture")
+    if arch != "llama":
+        raise ValueError(f"{reader.path}: general.architecture={arch!r}; only 'llama' GGUF files are supported")
+    n_heads = gguf_value(reader, "llama.attention.head_count")
+    dim = gguf_value(reader, "llama.embedding_length")
+    names = {t.name for t in reader.tensors}
+    vocab = gguf_value(reader, "llama.vocab_size", None)
+    if vocab is None:  # older files: the embedding's rows (GGUF shapes list the fastest-varying dimension first)
+        vocab = int(next(t.shape[-1] for t in reader.tensors if t.name == "token_embd.weight"))
+    return ModelArgs(
+        dim=dim, n_layers=gguf_value(reader, "llama.block_count"), n_heads=n_heads,
+        n_kv_heads=gguf_value(reader, "llama.attention.head_count_kv", n_heads), vocab_size=vocab,
+        intermediate_size=gguf_value(reader, "llama.feed_forward_length"),
+        norm_eps=gguf_value(reader, "llama.attention.layer_norm_rms_epsilon"),
+        rope_theta=gguf_value(reader, "llama.rope.freq_base", 10000.0), rope_scaling=gguf_rope_scaling(reader),
+        max_seq_len=gguf_value(reader, "llama.context_length", 2048),
+        head_dim=gguf_value(reader, "llama.attention.key_length", dim // n_heads),
+        tie_word_embeddings="output.weight" not in names)
+
+
+def gguf_rope_scaling(reader):
+    """llama.cpp writes linear scaling as metadata, and Llama-3.1/3.2's llama3 scaling as a `rope_freqs` tensor of
+    per-frequency divisors: recover HF's llama3 parameters from it, and check they reproduce every divisor."""
+    kind = gguf_value(reader, "llama.rope.scaling.type", "none")
+    if kind == "linear":
+        return {"rope_type": "linear", "factor": float(gguf_value(reader, "llama.rope.scaling.factor"))}
+    if kind != "none":
+        raise ValueError(f"{reader.path}: llama.rope.scaling.type={kind!r} is not supported (linear, llama3)")
+    freqs = next((t for t in reader.tensors if t.name == "rope_freqs.weight"), None)
+    if freqs is None:
+        return None
+    divisors = torch.from_numpy(gguf_tensor(reader, freqs).astype("float64")).flatten()
+    theta = gguf_value(reader, "llama.rope.freq_base", 10000.0)
+    plain = rope_inv_freq(ModelArgs(dim=2 * divisors.numel(), n_heads=1, rope_theta=theta)).double()
+    factor = float(divisors.max())
+    # Meta's values (low 1, high 4, 8k original context) unless the ramp says otherwise: between the two plateaus
+    # the divisor d gives smooth = (1/d - 1/factor) / (1 - 1/factor) = orig/(hi-lo) / wavelen - lo/(hi-lo), a line
+    # in 1/wavelen whose slope and intercept fix orig and hi for lo = 1 (any lo gives the same divisors)
+    scaling = {"rope_type": "llama3", "factor": factor, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 8192}
+    ramp = (divisors > 1 + 1e-6) & (divisors < factor - 1e-6)
+    if int(ramp.sum()) >= 2:
+        smooth = (1 / divisors[ramp] - 1 / factor) / (1 - 1 / factor)
+        x = plain[ramp] / (2 * math.pi)  # 1 / wavelen
+        slope, intercept = torch.linalg.lstsq(torch.stack([x, torch.ones_like(x)], 1), smooth[:, None]).solution[:, 0]
+        span = -1 / float(intercept)  # hi - lo, with lo = 1
+        scaling.update(high_freq_factor=1 + span, original_max_position_embeddings=round(float(slope) * span))
+    got = rope_inv_freq(ModelArgs(dim=2 * divisors.numel(), n_heads=1, rope_theta=theta, rope_scaling=scaling))
+    if not torch.allclose(got.double(), plain / divisors, rtol=1e-4, atol=0):
+        raise ValueError(f"{reader.path}: tensor rope_freqs.weight is not llama3 rope scaling; not supported")
+    return scaling
+
+
+def gguf_tensor(reader, t):
+    """Dequantized float32 numpy array in PyTorch's (rows, cols) order, by llama.cpp's own reference code."""
+    from gguf.quants import dequantize
+    try:
+        return dequantize(t.data, t.tensor_type)
+    except NotImplementedError:
+        raise ValueError(f"{reader.path}: tensor {t.name} has type {t.tensor_type.name}, which the installed gguf "
+                         "package cannot dequantize (try a newer `gguf`, or another quantization of the model)") from None
+
+
+def unpermute_rope_rows(w, n_heads):
+    """Undo llama.cpp's converter, which reorders each head's q/k rows from HF's rotate-half layout to interleaved
+    pairs (its rope kernel rotates adjacent elements): row (h, i, j) of (heads, d/2, 2) came from (h, j, i)."""
+    rows = w.shape[0]
+    return w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+
+
+def iter_gguf_tensors(path, args=None):
+    """Yield (our name, float32 tensor) for every tensor of a llama GGUF, one at a time."""
+    reader = gguf_reader(path)
+    args = args or args_from_gguf(reader)
+    for t in reader.tensors:
+        if t.name == "rope_freqs.weight":  # folded into args.rope_scaling
+            continue
+        parts = t.name.split(".")
+        if parts[0] == "blk" and ".".join(parts[2:]) in GGUF_NAMES:
+            name = f"model.layers.{parts[1]}.{GGUF_NAMES['.'.join(parts[2:])]}"
+        else:
+            name = GGUF_NAMES.get(t.name, t.name)  # an unknown name is reported by the loader as unexpected
+        w = torch.from_numpy(gguf_tensor(reader, t).copy())
+        if name.endswith("q_proj.weight"):
+            w = unpermute_rope_rows(w, args.n_heads)
+        elif name.endswith("k_proj.weight"):
+            w = unpermute_rope_rows(w, args.n_kv_heads)
+        yield name, w
+
+
+# -----------------------------------------------------------------------------
 # our own training checkpoints: torch.distributed.checkpoint folders written by train.py
 
 def is_dcp_checkpoint(path):
     return os.path.isfile(os.path.join(path, ".metadata"))
 
 
+def is_gguf(path):
+    return str(path).endswith(".gguf")
+
+
+def read_args(path):
+    """ModelArgs of an HF folder, a train.py checkpoint folder (it carries an HF config.json) or a GGUF file."""
+    return args_from_gguf(gguf_reader(path)) if is_gguf(path) else read_hf_config(path)
+
+
+def named_tensors(path):
+    """Stream (name, tensor) from an HF folder or a GGUF file (train.py's checkpoints load through DCP)."""
+    return iter_gguf_tensors(path) if is_gguf(path) else iter_checkpoint_tensors(*checkpoint_files(path))
+
+
 def load_model(path, dtype=torch.float32, device="cpu"):
-    """An HF folder or one of train.py's checkpoint folders (which carry an HF config.json beside the shards)."""
+    """An HF folder, a GGUF file, or one of train.py's checkpoint folders, as an eval-mode Transformer."""
     if not is_dcp_checkpoint(path):
-        return load_hf(path, dtype=dtype, device=device)
+        args = read_args(path)
+        with torch.device("meta"):
+            model = Transformer(args)
+        materialize(model, device, dtype)
+        load_state_dict_streaming(model, named_tensors(path), where=path)
+        return model.eval()
     import torch.distributed.checkpoint as dcp
     keys = dcp.FileSystemReader(path).read_metadata().state_dict_metadata
     if any(".lora_A." in k for k in keys):

