@@ -14,8 +14,12 @@ import sentencepiece as spm
 from conftest import data_path
 from tokenizer import Tokenizer
 
-gguf = pytest.importorskip("gguf", reason="pip install gguf (llama.cpp's gguf-py)")
 tokenizers = pytest.importorskip("tokenizers")
+
+
+def need_gguf():
+    """gguf-py, or a skip: only the tests that read or write a GGUF need it."""
+    return pytest.importorskip("gguf", reason="pip install gguf (llama.cpp's gguf-py)")
 
 EDGE = [" leading space", "two  spaces  ", "\n\nnewlines\n", "", " ", "tab\there", "emoji 🧬 DNA", "中文 text",
         "naïve café, 37 °C, 5 µg/mL, α-β ≥ 2", "x\u00a0y", "mm²  12", "<s> and </s> and <|im_end|> stay text"]
@@ -42,7 +46,7 @@ def real_texts():
 
 def write_gguf(path, arch="llama", **fields):
     """A tensor-less GGUF holding metadata only: each keyword names a GGUFWriter.add_* method."""
-    w = gguf.GGUFWriter(str(path), arch)
+    w = need_gguf().GGUFWriter(str(path), arch)
     for method, value in fields.items():
         getattr(w, method)(value)
     w.write_header_to_file()
@@ -55,11 +59,13 @@ def write_gguf(path, arch="llama", **fields):
 @pytest.fixture(scope="module")
 def smol_meta(smollm2_gguf):
     """The SmolLM2 GGUF's tokenizer metadata as gguf-py reads it."""
-    return {k: f.contents() for k, f in gguf.GGUFReader(smollm2_gguf).fields.items() if k.startswith("tokenizer.ggml.")}
+    fields = need_gguf().GGUFReader(smollm2_gguf).fields
+    return {k: f.contents() for k, f in fields.items() if k.startswith("tokenizer.ggml.")}
 
 
 @pytest.fixture(scope="module")
 def smol(smollm2_gguf):
+    need_gguf()
     return Tokenizer(smollm2_gguf)
 
 
@@ -256,6 +262,7 @@ def test_llama3_style_tokenizer_json_adds_bos(tmp_path, smol):
     """References: transformers' AutoTokenizer, and gguf-py's SpecialVocab (what llama.cpp's converter
     stores as the GGUF's add_bos_token and special ids for that folder)."""
     from transformers import AutoTokenizer
+    gguf = need_gguf()
     folder, ids = llama3_style_folder(tmp_path / "l3", smol, config={"eos_token_id": [49153, 49154]},
                                       tokenizer_config={"tokenizer_class": "PreTrainedTokenizerFast",
                                                         "bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"})
@@ -318,12 +325,7 @@ def test_byte_level_gguf_pre_tokenizers_match_transformers(tmp_path, pre):
 
 # --- errors ----------------------------------------------------------------------------------------------
 
-def test_clear_errors(tmp_path, tokenizer_path, monkeypatch):
-    with pytest.raises(FileNotFoundError, match="no sentencepiece tokenizer"):
-        Tokenizer(str(tmp_path / "missing"))
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="tokenizer.json in folder .*empty"):
-        Tokenizer(str(tmp_path / "empty"))
+def test_gguf_errors_name_the_file_and_key(tmp_path, monkeypatch):
     tokens = dict(add_token_list=["a", "b", "ab"], add_token_scores=[0.0, 0.0, 1.0], add_token_types=[1, 1, 1])
     cases = [(dict(tokens), r"lacks tokenizer.ggml.model"),
              (dict(tokens, add_tokenizer_model="bert"), r"tokenizer.ggml.model = 'bert' is not supported"),
@@ -340,6 +342,17 @@ def test_clear_errors(tmp_path, tokenizer_path, monkeypatch):
     (tmp_path / "trunc.gguf").write_bytes(b"GGUF\x03\x00")
     with pytest.raises(ValueError, match="not a readable GGUF"):
         Tokenizer(str(tmp_path / "trunc.gguf"))
+    monkeypatch.setitem(sys.modules, "gguf", None)
+    with pytest.raises(ImportError, match="pip install gguf"):
+        Tokenizer(str(tmp_path / "bad0.gguf"))
+
+
+def test_clear_errors(tmp_path, tokenizer_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="no sentencepiece tokenizer"):
+        Tokenizer(str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="tokenizer.json in folder .*empty"):
+        Tokenizer(str(tmp_path / "empty"))
     (tmp_path / "l3").mkdir()  # Llama-3's original/tokenizer.model is tiktoken text, not sentencepiece
     (tmp_path / "l3" / "tokenizer.model").write_text("IQ== 0\nIg== 1\n")
     with pytest.raises(ValueError, match="is not a sentencepiece model"):
@@ -359,9 +372,6 @@ def test_clear_errors(tmp_path, tokenizer_path, monkeypatch):
     assert (tok.bos_id, tok.add_bos) == (None, False) and tok.encode("a") == tok.encode("a", bos=tok.add_bos)
     with pytest.raises(ValueError, match="has no BOS token"):
         tok.encode("a", bos=True)
-    monkeypatch.setitem(sys.modules, "gguf", None)
-    with pytest.raises(ImportError, match="pip install gguf"):
-        Tokenizer(str(tmp_path / "bad0.gguf"))
     monkeypatch.setitem(sys.modules, "tokenizers", None)
     with pytest.raises(ImportError, match="pip install tokenizers"):
         Tokenizer(str(tmp_path / "cfg"))
