@@ -185,6 +185,7 @@ def test_llama_gguf_matches_sentencepiece(tmp_path, tokenizer_path, llama_vocab_
     tok = Tokenizer(path)
     assert (tok.kind, tok.vocab_size, tok.bos_id, tok.eos_id, tok.pad_id, tok.add_bos) == ("gguf", 32000, 1, 2, 2, True)
     texts = list(real_texts()[:150] + real_texts()[400:450] + real_texts()[700:800]) + EDGE
+    texts += [" " * n for n in range(1, 60)] + ["a" + " " * n + "b" for n in range(1, 60)]  # the tied-score "▁" runs
     ids = tok.encode_batch(texts)
     assert ids == sp.encode(texts)  # " leading space" too: one dummy "▁" more than transformers gives
     assert [tok.decode(i) for i in ids] == [sp.decode(i) for i in ids] == texts
