@@ -9,6 +9,7 @@ any `--key=value` (or `--key value`) overrides. Overrides are type-checked again
 errors, so a typo never silently trains the wrong model.
 """
 import ast
+import os
 import sys
 
 
@@ -67,3 +68,11 @@ def configure(g, argv=None):
             raise ValueError(f"unknown config key --{key}; known: {', '.join(sorted(keys))}")
         g[key] = _parse_value(key, raw, g[key])
     return {k: g[k] for k in keys}
+
+
+def require(path, setting, hint):
+    """A setting that names a file or folder which is not there stops the script with one line saying what it
+    is and which command makes it (a new user's first error should not be a traceback)."""
+    if not path or not os.path.exists(path):
+        raise SystemExit(f"{setting}={path or '(empty)'}: not found. {hint}")
+    return path

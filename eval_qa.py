@@ -7,6 +7,8 @@ Medical QA accuracy (PMC-LLaMA's Table 1): PubMedQA, MedMCQA, USMLE.
 
 --method=loglik (default) is lm-evaluation-harness' scoring: for a choice c, context = encode(BOS + prompt) and the
 continuation is encode(BOS + prompt + c) after it; the score is the sum of the continuation's log-probabilities.
+BOS follows the tokenizer's own convention (LLaMA-1/2 and Llama-3 start with it, SmolLM2 does not); --add_bos=True
+or False forces it (the harness' HF models default to add_bos_token=False, i.e. no BOS, unless told otherwise).
 acc takes the argmax score, acc_norm the argmax of score / len(c) in characters. When every choice is one token
 (" A".." D", " yes"/" no"/" maybe" with the LLaMA tokenizer) a single forward pass over the prompt scores them all;
 otherwise the prompt is run once into the KV cache and each choice continues from it.
@@ -27,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 import qa_data
-from configurator import configure
+from configurator import configure, require
 from lora import load_adapter, merge_lora
 from weights import load_model
 from tokenizer import Tokenizer
@@ -37,7 +39,8 @@ data = ""  # the benchmark file (with a single --bench); default: the official t
 data_root = "data"  # where the default files live: pubmedqa/ori_pqal.json, medmcqa/dev.json, medqa_usmle/...
 init_from = ""  # HF folder or train.py checkpoint
 lora = ""  # adapter folder (ours or PEFT's), applied on top of init_from
-tokenizer = ""  # default: tokenizer.model inside init_from
+tokenizer = ""  # default: the tokenizer inside init_from (tokenizer.json / tokenizer.model, or the .gguf itself)
+add_bos = None  # None: the tokenizer's convention (tok.add_bos); True/False: force BOS on or off
 method = "loglik"  # 'loglik' | 'generate'
 shots = 0  # K fixed solved examples from the train split, prepended
 shots_data = ""  # the train file for --shots (default: under data_root; PubMedQA uses its non-test ids)
@@ -66,28 +69,31 @@ ANSWER_RE = {
 # -----------------------------------------------------------------------------
 # tokenising (prompt, choice) pairs the harness' way
 
-def encode_pair(tok, prompt, choice):
-    """-> (context ids with BOS, continuation ids). Trailing spaces of the prompt move to the choice, as the
-    harness does, so the continuation always starts a new piece."""
+def encode_pair(tok, prompt, choice, bos=True):
+    """-> (context ids, with BOS if bos, continuation ids). Trailing spaces of the prompt move to the choice, as
+    the harness does, so the continuation always starts a new piece."""
     n = len(prompt) - len(prompt.rstrip(" "))
     if n:
         prompt, choice = prompt[:-n], prompt[-n:] + choice
     ctx, cont = qa_data.continuation_tokens(tok.encode, prompt, choice)
-    return [tok.bos_id] + ctx, cont
+    return ([tok.bos_id] if bos else []) + ctx, cont
 
 
-def fit_to_context(ctx, conts, max_len):
-    """Drop the oldest prompt tokens (after BOS) so that prompt + the longest continuation fits; -> (ctx, cut?)."""
+def fit_to_context(ctx, conts, max_len, keep=1):
+    """Drop the oldest prompt tokens (after the first `keep`: BOS) so that prompt + the longest continuation
+    fits; -> (ctx, cut?)."""
     over = len(ctx) + max(len(c) for c in conts) - 1 - max_len
-    return (ctx[:1] + ctx[1 + over:], True) if over > 0 else (ctx, False)
+    return (ctx[:keep] + ctx[keep + over:], True) if over > 0 else (ctx, False)
 
 
-def encode_items(tok, prompts, examples, max_len):
-    """-> ([(context ids, [continuation ids of each choice])] per question, how many prompts were cut to fit)."""
+def encode_items(tok, prompts, examples, max_len, bos=None):
+    """-> ([(context ids, [continuation ids of each choice])] per question, how many prompts were cut to fit).
+    bos None: the tokenizer's own convention (tok.add_bos)."""
+    bos = tok.add_bos if bos is None else bos
     items, truncated = [], 0
     for p, ex in zip(prompts, examples):
-        pairs = [encode_pair(tok, p, ch) for ch in ex.choices]
-        ctx, cut = fit_to_context(pairs[0][0], [cont for _, cont in pairs], max_len)
+        pairs = [encode_pair(tok, p, ch, bos) for ch in ex.choices]
+        ctx, cut = fit_to_context(pairs[0][0], [cont for _, cont in pairs], max_len, keep=int(bos))
         items.append((ctx, [cont for _, cont in pairs]))
         truncated += cut
     return items, truncated
@@ -239,7 +245,7 @@ def evaluate_bench(model, tok, c, b, path):
         examples = examples[:c.limit]
     prefix = few_shot_prefix(c, b, path)
     prompts = [prefix + ex.prompt for ex in examples]
-    items, truncated = encode_items(tok, prompts, examples, model.args.max_seq_len)
+    items, truncated = encode_items(tok, prompts, examples, model.args.max_seq_len, bos=c.add_bos)
     t0 = time.perf_counter()
     scores, gens = None, None
     if c.method == "loglik":
@@ -285,8 +291,9 @@ def main(argv=None):
     from types import SimpleNamespace
     c = SimpleNamespace(**configure(dict(globals()), argv))  # a copy: the defaults stay untouched
     benches = [qa_data.check_bench(b.strip()) for b in c.bench.split(",") if b.strip()]
-    if not c.init_from:
-        raise SystemExit("eval_qa.py: --init_from=PATH (HF folder or train.py checkpoint) is required")
+    require(c.init_from, "init_from", "An HF LLaMA folder, a llama.cpp .gguf file or a train.py checkpoint folder "
+            "(train.py and finetune_qa.py write their HF export to out_dir/hf).")
+    require(c.tokenizer or c.init_from, "tokenizer", "A tokenizer.model, tokenizer.json, a folder or a .gguf.")
     paths = {b: resolve_data(c, b, len(benches) == 1) for b in benches}
     model = load_for_eval(c)
     tok = Tokenizer(c.tokenizer or c.init_from)

@@ -19,10 +19,10 @@ import torch.distributed as dist
 
 import qa_data
 import train
-from configurator import config_keys, configure
+from configurator import config_keys, configure, require
 from lora import (adapter_config, apply_lora, init_lora, lora_state_dict, mark_only_lora_as_trainable,
                   merged_state_dict, save_adapter)
-from weights import read_hf_config, save_hf
+from weights import read_args, read_hf_config, save_hf
 from tokenizer import Tokenizer
 
 # the training loop's settings and defaults, then fine-tuning's own
@@ -92,17 +92,18 @@ def main(argv=None):
     torch.manual_seed(c.seed)
     resume = c.init_from == "resume"
     ckpt = train.resume_checkpoint(c.out_dir) if resume else None
-    if not c.init_from:
-        raise SystemExit("finetune_qa.py: set init_from to an HF folder or a train.py checkpoint")
-    c.tokenizer = c.tokenizer or (ckpt or c.init_from)
+    require(ckpt or c.init_from, "init_from", train.MODEL_HINT)
+    c.tokenizer = require(c.tokenizer or (ckpt or c.init_from), "tokenizer", "A tokenizer.model, tokenizer.json, "
+                          "a folder holding one, or a .gguf; by default the one inside init_from.")
     tok = Tokenizer(c.tokenizer)
     c.tokenizer = tok.path
 
-    max_len = read_hf_config(ckpt or c.init_from).max_seq_len
+    max_len = read_args(ckpt or c.init_from).max_seq_len
     if c.block_size > max_len:
         raise SystemExit(f"block_size={c.block_size} exceeds the model's max_seq_len={max_len}; lower block_size")
     examples, counts = load_examples(c)
-    encoded = [qa_data.encode_example(tok.encode, tok.bos_id, ex, c.block_size) for ex in examples]
+    bos_id = tok.bos_id if tok.add_bos else None  # the model's own convention (SmolLM2 has no BOS)
+    encoded = [qa_data.encode_example(tok.encode, bos_id, ex, c.block_size) for ex in examples]
     data = QABatches(encoded, c, ctx.rank, ctx.world, tok.pad_id)
 
     targets = tuple(t.strip() for t in c.lora_targets.split(",") if t.strip())
@@ -136,7 +137,7 @@ def main(argv=None):
             if c.export_merged and ctx.master:
                 merged = merged_state_dict(sd, scaling=c.lora_alpha / c.lora_r)
                 save_hf(merged, model_args, os.path.join(c.out_dir, "hf"), dtype=getattr(torch, c.export_dtype),
-                        tokenizer_path=c.tokenizer)
+                        tokenizer=c.tokenizer)
             dist.barrier()
             return path
         if c.export_dtype:

@@ -216,14 +216,16 @@ def continuation_tokens(encode, prompt, choice):
 
 
 def encode_example(encode, bos_id, ex: QAExample, block_size):
-    """(input ids, labels) for fine-tuning: BOS + prompt + answer, labels -100 everywhere but the answer tokens.
-    A sequence longer than block_size loses prompt tokens from the left (after BOS); the answer is always kept."""
+    """(input ids, labels) for fine-tuning: BOS + prompt + answer, labels -100 everywhere but the answer tokens
+    (bos_id None: no BOS, for tokenizers whose convention has none). A sequence longer than block_size loses
+    prompt tokens from the left (after BOS); the answer is always kept."""
     ctx, ans = continuation_tokens(encode, ex.prompt, ex.answer)
-    room = block_size - 1 - len(ans)
+    bos = [] if bos_id is None else [bos_id]
+    room = block_size - len(bos) - len(ans)
     if room < 0:
         raise ValueError(f"example {ex.id}: answer of {len(ans)} tokens does not fit block_size={block_size}")
     ctx = ctx[len(ctx) - room:] if len(ctx) > room else ctx
-    ids = [bos_id] + ctx + ans
+    ids = bos + ctx + ans
     # position t predicts token t+1: the label at t is ids[t+1] when t+1 is an answer token
     labels = [-100] * (len(ids) - 1 - len(ans)) + ans + [-100]
     return ids, labels

@@ -1,5 +1,6 @@
 """
-Continue a prompt with a LLaMA model (an HF folder or one of train.py's checkpoints), using the KV cache.
+Continue a prompt with a LLaMA model (an HF folder, a llama.cpp .gguf or one of train.py's checkpoints), using the
+KV cache.
 
     python sample.py --init_from=out/pmc/hf --prompt="Aspirin is" --max_new_tokens=64 --temperature=0
 
@@ -10,12 +11,12 @@ import time
 
 import torch
 
-from configurator import configure
+from configurator import configure, require
 from weights import load_model
 from tokenizer import Tokenizer
 
-init_from = ""  # HF folder or train.py checkpoint folder
-tokenizer = ""  # tokenizer.model file or folder; default: the one inside init_from
+init_from = ""  # HF folder, .gguf file or train.py checkpoint folder
+tokenizer = ""  # tokenizer.model / tokenizer.json / folder / .gguf; default: the one inside init_from
 prompt = ""
 max_new_tokens = 100
 temperature = 0.8  # 0 = greedy
@@ -29,12 +30,15 @@ dtype = "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported
 
 def main(argv=None):
     cfg = configure(dict(globals()), argv)  # a copy: the defaults stay untouched
-    if not cfg["init_from"]:
-        raise SystemExit("sample.py: --init_from=PATH (an HF LLaMA folder or a train.py checkpoint) is required")
+    require(cfg["init_from"], "init_from", "An HF LLaMA folder, a llama.cpp .gguf file or a train.py checkpoint.")
+    require(cfg["tokenizer"] or cfg["init_from"], "tokenizer", "A tokenizer.model, tokenizer.json, folder or .gguf.")
     torch.manual_seed(cfg["seed"])
     model = load_model(cfg["init_from"], dtype=getattr(torch, cfg["dtype"]), device=cfg["device"])
     tok = Tokenizer(cfg["tokenizer"] or cfg["init_from"])
-    ids = tok.encode(cfg["prompt"], bos=True)
+    # the model's own convention; an empty prompt needs a first token all the same (BOS, or EOS as a separator)
+    bos = tok.add_bos or not cfg["prompt"]
+    ids = tok.encode(cfg["prompt"], bos=bos and tok.bos_id is not None)
+    ids = ids or [tok.eos_id]
     x = torch.tensor([ids], dtype=torch.long, device=cfg["device"])
     gen = torch.Generator(device=cfg["device"]).manual_seed(cfg["seed"])
     for _ in range(cfg["num_samples"]):
@@ -43,8 +47,8 @@ def main(argv=None):
                            eos_id=tok.eos_id, generator=gen, compile=cfg["compile"])
         dt = time.perf_counter() - t0
         new = y[0, len(ids):].tolist()
-        text = y[0, 1:].tolist()  # decode prompt and continuation together: sentencepiece's leading spaces stay right
-        print(tok.decode(text[:-1] if text[-1:] == [tok.eos_id] else text))
+        print(tok.decode(y[0].tolist()))  # prompt and continuation together (leading spaces stay right); decode
+        # drops the special ids (BOS, the EOS that ended it)
         print("---------------")
         print(f"{len(new)} tokens in {dt:.2f}s: {len(new) / dt:.1f} tokens/s", file=sys.stderr)
 

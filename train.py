@@ -24,11 +24,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from configurator import configure
+from configurator import configure, require
 from kernels import linear_cross_entropy
 from model import ModelArgs, Transformer, preset
-from weights import (checkpoint_files, hf_config, is_dcp_checkpoint, iter_checkpoint_tensors, load_state_dict_streaming,
-                     materialize, read_hf_config, save_hf)
+from weights import (hf_config, is_dcp_checkpoint, load_state_dict_streaming, materialize, named_tensors, read_args,
+                     read_hf_config, save_hf, write_tokenizer)
 
 # -----------------------------------------------------------------------------
 # defaults (override with a configs/*.py file and --key=value)
@@ -126,7 +126,7 @@ def build_model(c, device, init_path=None, model_args=None, extend=None):
     copying only its own shard of each tensor as it streams past, so none ever holds a full copy; without
     init_path, a seeded from-scratch init. Parameters added by extend() are left for the caller to initialise.
     """
-    args = read_hf_config(init_path) if init_path else model_args
+    args = read_args(init_path) if init_path else model_args
     with torch.device("meta"):
         model = Transformer(args)
     base_names = [n for n, _ in model.named_parameters()]
@@ -139,7 +139,7 @@ def build_model(c, device, init_path=None, model_args=None, extend=None):
     elif is_dcp_checkpoint(init_path):
         load_dcp_weights(model, init_path, base_names)
     else:
-        load_state_dict_streaming(model, iter_checkpoint_tensors(*checkpoint_files(init_path)), where=init_path,
+        load_state_dict_streaming(model, named_tensors(init_path), where=init_path,
                                   names=base_names)
     return model
 
@@ -253,10 +253,10 @@ def save_checkpoint(model, opt, state, c, ctx, model_args):
     torch.save(torch.get_rng_state(), os.path.join(tmp, f"rng-{ctx.rank}.pt"))
     dist.barrier()
     if ctx.master:
+        # the tokenizer too, so that sample.py / eval_qa.py can take the checkpoint folder alone
+        tok = write_tokenizer(c.tokenizer or None, tmp)
         with open(os.path.join(tmp, "config.json"), "w") as f:  # an HF config: load_model() reads this folder
-            json.dump(hf_config(model_args), f, indent=2)
-        if c.tokenizer:  # so that sample.py / eval_qa.py can take the checkpoint folder alone
-            shutil.copyfile(c.tokenizer, os.path.join(tmp, "tokenizer.model"))
+            json.dump(hf_config(model_args, tokenizer=tok), f, indent=2)
         with open(os.path.join(tmp, "train_state.json"), "w") as f:
             json.dump({**state, "world_size": ctx.world, "config": vars(c)}, f, indent=2)
         shutil.rmtree(final, ignore_errors=True)
@@ -291,7 +291,7 @@ def export_hf(model, model_args, path, dtype, tokenizer_path, ctx):
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if ctx.master:
-        save_hf(sd, model_args, path, dtype=getattr(torch, dtype), tokenizer_path=tokenizer_path)
+        save_hf(sd, model_args, path, dtype=getattr(torch, dtype), tokenizer=tokenizer_path)
     dist.barrier()
     return path
 
@@ -468,15 +468,26 @@ def scratch_args(c, vocab_size):
                      vocab_size=vocab_size, intermediate_size=c.intermediate_size, max_seq_len=c.block_size)
 
 
+MODEL_HINT = ("It takes an HF LLaMA folder (config.json + safetensors), a llama.cpp .gguf file, or a train.py "
+              "checkpoint folder (out_dir/ckpt-N); train.py writes its HF export to out_dir/hf, e.g. "
+              "torchrun --nproc_per_node=8 train.py configs/pmc.py writes out/pmc_llama_7b/hf.")
+
+
 def main(argv=None):
     cfg = configure(dict(globals()), argv)  # a copy: the defaults stay untouched
     ctx = setup_distributed(cfg["device"])
     c = resolve(cfg, ctx)
     torch.manual_seed(c.seed)
     from prepare_corpus import load_split
+    require(os.path.join(c.data_dir, "meta.json"), "data_dir (its meta.json)",
+            "prepare_corpus.py writes it, e.g. python prepare_corpus.py --source=s2orc --input=/data/s2orc "
+            f"--tokenizer=/models/llama-7b-hf --out_dir={c.data_dir} (README: The corpus)")
+    if c.init_from not in ("scratch", "resume"):
+        require(c.init_from, "init_from", MODEL_HINT + " Or init_from=scratch / resume.")
     with open(os.path.join(c.data_dir, "meta.json")) as f:
         meta = json.load(f)
     c.tokenizer = c.tokenizer or meta["tokenizer"]
+    require(c.tokenizer, "tokenizer", "Give the tokenizer the corpus was prepared with (--tokenizer=...).")
     if c.init_from == "resume":
         model_args = read_hf_config(resume_checkpoint(c.out_dir))
         model = build_model(c, ctx.device, model_args=model_args)  # weights come from the checkpoint in fit()

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from model import ModelArgs, Transformer, rope_inv_freq
+from tokenizer import Tokenizer
 
 
 # -----------------------------------------------------------------------------
@@ -51,7 +52,8 @@ def args_from_hf_config(cfg, where="config.json"):
         raise ValueError(f"{where}: missing field {e.args[0]!r}") from None
 
 
-def hf_config(args: ModelArgs, dtype=torch.float32):
+def hf_config(args: ModelArgs, dtype=torch.float32, tokenizer=None):
+    """config.json for args; bos/eos ids from the tokenizer when there is one (Llama-3's are 128000/128001)."""
     rope = {"rope_type": "default", **(args.rope_scaling or {}), "rope_theta": args.rope_theta}
     return {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
@@ -61,9 +63,13 @@ def hf_config(args: ModelArgs, dtype=torch.float32):
         "rope_theta": args.rope_theta, "rope_scaling": None if args.rope_scaling is None else rope,
         "rope_parameters": rope,  # transformers >= 5 reads this, older versions rope_theta/rope_scaling
         "max_position_embeddings": args.max_seq_len, "tie_word_embeddings": args.tie_word_embeddings,
-        "attention_bias": False, "mlp_bias": False, "bos_token_id": 1, "eos_token_id": 2,
+        "attention_bias": False, "mlp_bias": False, **special_ids(tokenizer),
         "torch_dtype": str(dtype).removeprefix("torch."),
     }
+
+
+def special_ids(tokenizer):
+    return {} if tokenizer is None else {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id}
 
 
 def checkpoint_files(path):
@@ -172,9 +178,12 @@ def load_state_dict_streaming(model, named_tensors, where="checkpoint", names=No
         raise ValueError(" ".join(msg))
 
 
-def save_hf(model_or_state, args: ModelArgs, out_dir, dtype=torch.bfloat16, tokenizer_path=None,
+def save_hf(model_or_state, args: ModelArgs, out_dir, dtype=torch.bfloat16, tokenizer=None,
             max_shard_bytes=5 * 2**30):
-    """Write an HF LLaMA folder (config.json, safetensors shards + index, tokenizer.model) atomically.
+    """Write an HF LLaMA folder (config.json, safetensors shards + index, the tokenizer's files) atomically.
+
+    tokenizer: a Tokenizer or anything Tokenizer() reads (tokenizer.model, tokenizer.json, a folder, a .gguf);
+    it is written as tokenizer.json + tokenizer_config.json (and tokenizer.model for sentencepiece).
 
     model_or_state is a Transformer or a full state dict (e.g. gathered from FSDP). The folder is written under
     a temporary name and renamed at the end, so a crash never leaves a half-written export.
@@ -183,11 +192,11 @@ def save_hf(model_or_state, args: ModelArgs, out_dir, dtype=torch.bfloat16, toke
     if args.tie_word_embeddings:
         sd = {k: v for k, v in sd.items() if k != "lm_head.weight"}  # safetensors stores shared tensors once
     with atomic_folder(out_dir) as tmp:
-        _write_hf_folder(tmp, sd, args, dtype, tokenizer_path, max_shard_bytes)
+        _write_hf_folder(tmp, sd, args, dtype, tokenizer, max_shard_bytes)
     return os.path.abspath(out_dir)
 
 
-def _write_hf_folder(tmp, sd, args, dtype, tokenizer_path, max_shard_bytes):
+def _write_hf_folder(tmp, sd, args, dtype, tokenizer, max_shard_bytes):
     from safetensors.torch import save_file
     shards, cur, size = [], {}, 0  # greedy sharding in key order, like HF's save_pretrained
     for name, t in sd.items():
@@ -211,12 +220,20 @@ def _write_hf_folder(tmp, sd, args, dtype, tokenizer_path, max_shard_bytes):
                 total += t.numel() * t.element_size()
         with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
             json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    tok = write_tokenizer(tokenizer, tmp)
     with open(os.path.join(tmp, "config.json"), "w") as f:
-        json.dump(hf_config(args, dtype), f, indent=2)
+        json.dump(hf_config(args, dtype, tok), f, indent=2)
     with open(os.path.join(tmp, "generation_config.json"), "w") as f:
-        json.dump({"bos_token_id": 1, "eos_token_id": 2}, f, indent=2)
-    if tokenizer_path is not None:
-        shutil.copyfile(tokenizer_path, os.path.join(tmp, "tokenizer.model"))
+        json.dump(special_ids(tok), f, indent=2)
+
+
+def write_tokenizer(tokenizer, folder):
+    """Save a Tokenizer (or the one at a path) into folder as an HF tokenizer; -> the Tokenizer, or None."""
+    if tokenizer is None:
+        return None
+    tok = tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer(tokenizer)
+    tok.save_pretrained(folder)
+    return tok
 
 
 @contextmanager
