@@ -344,7 +344,8 @@ def _init_worker(tokenizer_path, dtype):
 
 def _encode_chunk(texts):
     """-> (all documents' ids concatenated, per-document lengths): numpy pickles far faster than lists of ints."""
-    ids = _tok.encode_batch(texts, bos=True, eos=True, num_threads=1)  # parallelism comes from the processes
+    # BOS as the tokenizer's convention has it (LLaMA yes, SmolLM2 no); EOS always ends a document
+    ids = _tok.encode_batch(texts, bos=_tok.add_bos, eos=True, num_threads=1)  # parallelism comes from the processes
     lengths = np.array([len(x) for x in ids], dtype=np.int64)
     return np.array(list(chain.from_iterable(ids)), dtype=_dtype), lengths
 
@@ -432,6 +433,7 @@ def prepare(args):
     ntok = sum(offset.values())
     meta = {
         "vocab_size": tok.vocab_size, "dtype": np.dtype(dtype).name, "bos_id": tok.bos_id, "eos_id": tok.eos_id,
+        "add_bos": tok.add_bos,
         "splits": {s: {"documents": ndocs[s], "tokens": offset[s]} for s in paths},
         "tokenizer": os.path.abspath(tok.path), "tokenizer_sha256": sha256_file(tok.path),
         "sources": [{"kind": k, "path": os.path.abspath(p)} for k, p in zip(sources, args.input)],

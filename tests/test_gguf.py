@@ -190,3 +190,23 @@ def test_smollm2_gguf_greedy_tokens_match_transformers(smollm2_pair):
         ref = hf.generate(idx, max_new_tokens=40, min_new_tokens=40, do_sample=False, eos_token_id=None,
                           pad_token_id=hf_tok.pad_token_id)
         assert ours.generate(idx, 40, temperature=0.0).tolist() == ref.tolist(), prompt
+
+
+def test_smollm2_hf_export_loads_in_transformers(smollm2_pair, smollm2_gguf, tmp_path):
+    """save_hf of the GGUF model: transformers loads the folder with our logits and our tokenizer's ids."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from tokenizer import Tokenizer
+    from weights import save_hf
+    ours, _, _ = smollm2_pair
+    tok = Tokenizer(smollm2_gguf)
+    out = save_hf(ours, ours.args, tmp_path / "hf", dtype=torch.float32, tokenizer=tok)
+    hf2 = AutoModelForCausalLM.from_pretrained(out).eval()
+    hf2_tok = AutoTokenizer.from_pretrained(out)
+    texts = ["Metformin is a biguanide used in type 2 diabetes.", "Serum K+ 5.9 mEq/L;  creatinine 2.1 mg/dL (×2)."]
+    for text in texts:
+        ids = tok.encode(text, bos=tok.add_bos)
+        assert hf2_tok(text)["input_ids"] == ids and not tok.add_bos  # SmolLM2: no BOS, on both sides
+        idx = torch.tensor([ids])
+        with torch.no_grad():
+            assert (ours(idx)[0] - hf_logits(hf2, idx)).abs().max().item() <= 1e-4
+    assert hf2.config.tie_word_embeddings and hf2.config.bos_token_id == tok.bos_id

@@ -1,0 +1,63 @@
+"""The whole pipeline on a real pretrained model, SmolLM2-135M-Instruct from its GGUF (byte-level BPE, no BOS, tied
+embeddings): prepare_corpus with its tokenizer -> train.py from the GGUF on 2 processes -> finetune_qa.py --lora on
+train.py's HF export -> eval_qa.py with the adapter -> sample.py. A few steps each: this proves the plumbing."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+import prepare_corpus as pc
+from conftest import ROOT, data_path
+from test_train import ENV, ENV_DIST, free_port
+
+SMALL = ["--device=cpu", "--dtype=float32", "--log_interval=1", "--eval_interval=0", "--ckpt_interval=0",
+         "--warmup_iters=1"]
+
+
+def run(*cmd, env=ENV, timeout=420):
+    r = subprocess.run([sys.executable, *cmd], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    return r
+
+
+def test_smollm2_end_to_end(tmp_path, smollm2_gguf):
+    from tokenizer import Tokenizer
+    tok = Tokenizer(smollm2_gguf)
+    corpus = tmp_path / "corpus"
+    pc.main(["--source", "pubtator", "--input", data_path("biomed_corpus", "ncbi_disease", "NCBItestset_corpus.txt"),
+             "--tokenizer", smollm2_gguf, "--out_dir", str(corpus), "--val_fraction", "0.1", "--workers", "1",
+             "--quiet"])
+    meta = json.load(open(corpus / "meta.json"))
+    assert meta["vocab_size"] == 49152 and meta["bos_id"] == tok.bos_id
+    docs = np.fromfile(corpus / "train.bin", dtype=meta["dtype"])
+    idx = np.fromfile(corpus / "train.idx", dtype=np.int64)
+    first = docs[idx[0]:idx[1]].tolist()
+    assert first[0] != tok.bos_id and first[-1] == tok.eos_id  # SmolLM2's convention: no BOS, EOS ends a document
+
+    pre = tmp_path / "pre"
+    run("-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", "train.py",
+        f"--init_from={smollm2_gguf}", f"--data_dir={corpus}", f"--out_dir={pre}", "--block_size=64",
+        "--micro_batch_size=2", "--global_batch_size=4", "--max_iters=3", "--learning_rate=1e-4",
+        "--export_dtype=float32", *SMALL, env=ENV_DIST)
+    losses = [json.loads(l)["loss"] for l in open(pre / "log.jsonl") if '"loss"' in l]
+    assert len(losses) == 3 and all(0 < x < 6 for x in losses)  # pretrained: far below a random model's ln(49152) = 10.8
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(os.listdir(pre / "hf"))
+
+    ft = tmp_path / "ft"
+    run("finetune_qa.py", "configs/ft_id_cpu.py", f"--init_from={pre / 'hf'}", f"--out_dir={ft}", "--lora=True",
+        "--select=0:8", "--epochs=1.0", "--global_batch_size=4", "--micro_batch_size=2", "--block_size=384",
+        "--learning_rate=1e-4", *SMALL)
+    assert os.path.isfile(ft / "adapter" / "adapter_model.safetensors")
+
+    ev = tmp_path / "eval"
+    run("eval_qa.py", "--bench=pubmedqa", f"--data={data_path('pubmedqa', 'ori_pqal.json')}",
+        f"--init_from={pre / 'hf'}", f"--lora={ft / 'adapter'}", "--limit=4", f"--out={ev}", "--device=cpu",
+        "--dtype=float32")
+    res = json.load(open(ev / "results.json"))["results"]["pubmedqa"]
+    assert res["n"] == 4 and 0.0 <= res["acc"] <= 1.0
+
+    r = run("sample.py", f"--init_from={pre / 'hf'}", "--prompt=Metformin is", "--max_new_tokens=8",
+            "--temperature=0", "--device=cpu", "--dtype=float32")
+    assert r.stdout.startswith("Metformin is") and len(r.stdout.split("\n")[0]) > len("Metformin is")
