@@ -395,7 +395,10 @@ def prepare(args):
             raise SystemExit(f"--source={kind}: unknown; known: {', '.join(SOURCES)}")
         if not os.path.exists(path):
             raise SystemExit(f"--input {path}: no such file or folder")
-    tok = Tokenizer(args.tokenizer)  # a missing tokenizer fails here, before any work
+    if not os.path.exists(args.tokenizer):
+        raise SystemExit(f"--tokenizer {args.tokenizer}: no such file or folder (a tokenizer.model, a tokenizer.json, "
+                         "an HF model folder holding one, or a .gguf model file)")
+    tok = Tokenizer(args.tokenizer)  # a bad tokenizer fails here, before any work
     dtype = np.uint16 if tok.vocab_size <= 2**16 else np.uint32
     os.makedirs(args.out_dir, exist_ok=True)
 
