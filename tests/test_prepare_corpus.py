@@ -194,7 +194,7 @@ def test_missing_input_or_tokenizer_fails_before_work(tmp_path):
     with pytest.raises(SystemExit, match="no such file or folder"):
         run(tmp_path, "text", [tmp_path / "nope"])
     (tmp_path / "d").mkdir()
-    with pytest.raises(FileNotFoundError, match="no sentencepiece tokenizer"):
+    with pytest.raises(SystemExit, match=r"--tokenizer \S+t.model: no such file or folder"):
         pc.main(["--source", "text", "--input", str(tmp_path / "d"), "--tokenizer", str(tmp_path / "t.model"),
                  "--out_dir", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()
