@@ -18,7 +18,7 @@ import pytest
 from conftest import ROOT
 from test_train import ENV_DIST, TINY, corpus, free_port, losses, train  # noqa: F401  (corpus: a fixture)
 
-SCHEDULE = "--lr_decay_iters=10"  # every run below shares the reference's 10-step warmup + cosine schedule
+SCHEDULE = "--lr_decay_iters=12"  # every run below shares the reference's 12-step warmup + cosine schedule
 
 
 def launch_two_nodes(out_dir, corpus, *extra):
@@ -68,9 +68,9 @@ def train_two_nodes(out_dir, corpus, *extra):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, corpus):
-    """One process, 10 steps, a checkpoint every 3: the run every multi-node result must equal."""
+    """One process, 12 steps, a checkpoint every 3: the run every multi-node result must equal."""
     out = tmp_path_factory.mktemp("reference") / "run"
-    train(out, corpus, "--max_iters=10", "--ckpt_interval=3", "--keep_checkpoints=4", "--export_dtype=")
+    train(out, corpus, "--max_iters=12", "--ckpt_interval=3", "--keep_checkpoints=4", "--export_dtype=")
     return out
 
 
@@ -108,7 +108,7 @@ def test_preempted_two_node_job_saves_and_resumes_on_one_process(tmp_path, corpu
     ckpt = latest_checkpoint(str(two))
     state = json.load(open(os.path.join(ckpt, "train_state.json")))
     k = state["iter"]
-    assert state["world_size"] == 2 and 3 <= k <= 7, (state, report(agents, outs))
+    assert state["world_size"] == 2 and 3 <= k <= 9, (state, report(agents, outs))
     assert sorted(f for f in os.listdir(ckpt) if f.endswith(".distcp")) == ["__0_0.distcp", "__1_0.distcp"]
     assert close(losses(two), ref, range(1, k + 1)), (losses(two), ref)
     one = resume_from(ckpt, tmp_path / "one")
