@@ -5,7 +5,10 @@ Benchmarks: measure and print (never asserted; the tests check correctness).
     python bench.py --what=eval          # eval_qa.py loglik scoring vs the harness' per-choice loop, questions/s
     python bench.py --what=model         # ours vs transformers.LlamaForCausalLM: training step, generation, memory
     python bench.py --what=model --compile=True     # the same with torch.compile on both
-    python bench.py --what=fsdp          # GPU: bf16 FSDP2 training step of a ~1B LLaMA, tokens/s and MFU
+    python bench.py --what=model --device=cuda      # the same on a GPU, bf16 on both sides (GPU peak memory)
+    python bench.py --what=fsdp          # GPU: bf16 FSDP2 training step of a ~1B LLaMA, tokens/s, MFU, peak memory
+    python bench.py --what=memplan       # LLaMA-7B per-GPU memory (configs/pmc.py) from the shapes; on a GPU also
+                                         # measured on a 7B-wide model with fewer layers
 
 Results are printed as a table and written as JSON (--out).
 """
@@ -22,7 +25,7 @@ what = "corpus"
 data_root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared", "data")
 out = ""  # JSON results file; default bench_{what}.json in the current folder
 eval_questions = 200  # --what=eval: MedMCQA questions (and half as many PubMedQA ones)
-# --what=model: the shapes of the comparison (fp32 on CPU), repetitions, and torch.compile on both sides
+# --what=model: the shapes of the comparison, repetitions, and torch.compile on both sides
 dim = 512
 n_layers = 8
 n_heads = 8
@@ -35,8 +38,10 @@ prompt_len = 128
 new_tokens = 128
 reps = 10
 compile = False
-device = ""  # --what=fsdp: '' = cuda if available
+device = ""  # --what=model/fsdp/memplan: '' = cuda if available, else cpu
+dtype = ""  # --what=model: '' = bfloat16 on CUDA, float32 on CPU (parameters in this dtype on both sides)
 fsdp_preset = "1b"  # --what=fsdp: '1b' (dim 2048, 16 layers, 16 heads, 8 KV heads) or 'tiny' (a CPU smoke run)
+memplan_layers = 4  # --what=memplan on a GPU: LLaMA-7B's layer shapes with this many layers, measured on 1 GPU
 part = ""  # internal: one measurement in a child process ('time', 'mem:ours', 'mem:hf')
 
 
@@ -142,19 +147,33 @@ def bench_eval(cfg):
     return rows
 
 
+def _device_dtype(cfg):
+    """--device and --dtype resolved: CUDA when there is one; bf16 on CUDA, fp32 on CPU unless given."""
+    import torch
+    device = cfg["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
+    return device, cfg["dtype"] or ("bfloat16" if device.startswith("cuda") else "float32")
+
+
 def _models(cfg):
-    """HF's LlamaForCausalLM (sdpa) and ours with identical weights (ours loads HF's tensors by name)."""
+    """HF's LlamaForCausalLM (sdpa) and ours with identical weights (ours loads HF's tensors by name), both built on
+    --device in --dtype: HF's the way from_pretrained(dtype=...) builds it (its rotary frequencies stay fp32), ours
+    with its rotary tables rebuilt in fp32 after the cast, as loading a checkpoint does."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
     from model import Transformer
     from weights import args_from_hf_config
+    device, dtype = _device_dtype(cfg)
+    dtype = getattr(torch, dtype)
     torch.manual_seed(0)
     hcfg = LlamaConfig(hidden_size=cfg["dim"], num_hidden_layers=cfg["n_layers"], num_attention_heads=cfg["n_heads"],
                        num_key_value_heads=cfg["n_kv_heads"], intermediate_size=cfg["intermediate_size"],
                        vocab_size=cfg["vocab_size"], max_position_embeddings=2048, attn_implementation="sdpa",
                        tie_word_embeddings=False)
-    hf = LlamaForCausalLM(hcfg)
-    ours = Transformer(args_from_hf_config(hcfg.to_dict()))
+    with torch.device(device):  # drawn where they run: a 1B model's init on a GPU takes no time
+        hf = LlamaForCausalLM._from_config(hcfg, dtype=dtype)
+        ours = Transformer(args_from_hf_config(hcfg.to_dict()))
+    ours.to(dtype)
+    ours.init_rope()
     ours.load_state_dict(hf.state_dict(), strict=True)
     return ours, hf
 
@@ -166,7 +185,7 @@ def _train_step(side, model, cfg, x):
     from kernels import linear_cross_entropy
     fwd = torch.compile(model) if cfg["compile"] else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    targets = torch.cat([x[:, 1:], torch.full((x.size(0), 1), -100)], 1)
+    targets = torch.cat([x[:, 1:], torch.full((x.size(0), 1), -100, device=x.device)], 1)
 
     def step():
         if side == "ours":
@@ -194,14 +213,17 @@ def _generate(side, model, cfg, prompt):
     return lambda: model.generate(prompt, **kw)[0].tolist()
 
 
-def _interleaved(fns, warmup, reps):
-    """Median seconds of each fn, run in turn rep by rep so that a drift in the machine's speed hits all alike."""
+def _interleaved(fns, warmup, reps, sync=lambda: None):
+    """Median seconds of each fn, run in turn rep by rep so that a drift in the machine's speed hits all alike.
+    sync() waits for the GPU's queued work, so that each timing holds its own fn's kernels and no other's."""
     import statistics
     times, last = {k: [] for k in fns}, {}
     for i in range(warmup + reps):
         for k, f in fns.items():
+            sync()
             t0 = time.perf_counter()
             last[k] = f()
+            sync()
             if i >= warmup:
                 times[k].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}, last
@@ -209,34 +231,45 @@ def _interleaved(fns, warmup, reps):
 
 def _measure_part(cfg):
     """In a child process, so that resources are its own: 'time' (both models, interleaved) or 'mem:ours'/'mem:hf'
-    (peak RSS of training steps of one model). Prints one JSON line."""
+    (peak memory of training steps of one model: RSS on CPU, allocated GPU memory on CUDA). Prints one JSON line."""
     import resource
     import torch
+    device, _ = _device_dtype(cfg)
+    cuda = device.startswith("cuda")
     ours, hf = _models(cfg)
     models = {"ours": ours, "hf": hf}
     torch.manual_seed(1)
-    x = torch.randint(0, cfg["vocab_size"], (cfg["micro_batch"], cfg["seq_len"]))
+    x = torch.randint(0, cfg["vocab_size"], (cfg["micro_batch"], cfg["seq_len"])).to(device)
     if cfg["part"].startswith("mem:"):
         side = cfg["part"][4:]
         model, models, ours, hf = models[side], None, None, None  # keep only the measured model alive
+        if cuda:  # the other model is freed: count from here, its weights excluded
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
         step = _train_step(side, model, cfg, x)
         for _ in range(3):
             step()
-        print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+        peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        print(json.dumps({"peak_mib": peak / 2**20}))
         return
-    train_s, losses = _interleaved({k: _train_step(k, m, cfg, x) for k, m in models.items()}, 2, cfg["reps"])
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    train_s, losses = _interleaved({k: _train_step(k, m, cfg, x) for k, m in models.items()}, 2, cfg["reps"], sync)
     with torch.inference_mode():
         prompt = x[:1, :cfg["prompt_len"]].clamp(min=1)  # HF masks pad_token_id=0 in a prompt as padding
-        gen_s, tokens = _interleaved({k: _generate(k, m, cfg, prompt) for k, m in models.items()}, 1, cfg["reps"])
+        gen_s, tokens = _interleaved({k: _generate(k, m, cfg, prompt) for k, m in models.items()}, 1, cfg["reps"],
+                                     sync)
     print(json.dumps({"train_tokens_per_s": {k: x.numel() / t for k, t in train_s.items()},
                       "gen_tokens_per_s": {k: cfg["new_tokens"] / t for k, t in gen_s.items()},
-                      "last_loss": losses, "identical_greedy_tokens": tokens["ours"] == tokens["hf"]}))
+                      "last_loss": losses, "identical_greedy_tokens": tokens["ours"] == tokens["hf"],
+                      "gpu": torch.cuda.get_device_name() if cuda else None}))
 
 
 def bench_model(cfg):
-    """Timings in one process (both models, interleaved reps); peak training RSS in one fresh process per model."""
+    """Timings in one process (both models, interleaved reps); peak training memory in one fresh process per model."""
+    device, dtype = _device_dtype(cfg)
+    cfg = {**cfg, "device": device, "dtype": dtype}
     keys = ["dim", "n_layers", "n_heads", "n_kv_heads", "intermediate_size", "vocab_size", "seq_len", "micro_batch",
-            "prompt_len", "new_tokens", "reps", "compile"]
+            "prompt_len", "new_tokens", "reps", "compile", "device", "dtype"]
     res = {}
     for part in ("time", "mem:ours", "mem:hf"):
         cmd = [sys.executable, "bench.py", "--what=model", f"--part={part}", *[f"--{k}={cfg[k]}" for k in keys]]
@@ -245,27 +278,37 @@ def bench_model(cfg):
             raise RuntimeError(f"{part} failed: {r.stderr[-3000:]}")
         res[part] = json.loads(r.stdout.strip().splitlines()[-1])
     t = res["time"]
+    cuda = device.startswith("cuda")
     rows = [dict(metric="training step tokens/s", **t["train_tokens_per_s"]),
             dict(metric="greedy generation tokens/s", **t["gen_tokens_per_s"]),
-            dict(metric="training peak RSS MiB", ours=res["mem:ours"]["peak_rss_mib"], hf=res["mem:hf"]["peak_rss_mib"])]
+            dict(metric="training peak GPU memory MiB" if cuda else "training peak RSS MiB",
+                 ours=res["mem:ours"]["peak_mib"], hf=res["mem:hf"]["peak_mib"])]
     for r in rows:
         r["ratio"] = r["ours"] / r["hf"]
     mode = "torch.compile" if cfg["compile"] else "eager"
-    print(f"fp32 CPU, {mode} on both sides: dim {cfg['dim']}, {cfg['n_layers']} layers, {cfg['n_heads']} heads / "
-          f"{cfg['n_kv_heads']} KV, vocab {cfg['vocab_size']}, seq {cfg['seq_len']} x {cfg['micro_batch']}; "
-          f"generation {cfg['prompt_len']} + {cfg['new_tokens']}; median of {cfg['reps']} interleaved reps")
+    where = f"CUDA ({t['gpu']})" if cuda else "CPU"
+    print(f"{'fp32' if dtype == 'float32' else dtype} {where}, {mode} on both sides: dim {cfg['dim']}, "
+          f"{cfg['n_layers']} layers, {cfg['n_heads']} heads / {cfg['n_kv_heads']} KV, vocab {cfg['vocab_size']}, "
+          f"seq {cfg['seq_len']} x {cfg['micro_batch']}; generation {cfg['prompt_len']} + {cfg['new_tokens']}; "
+          f"median of {cfg['reps']} interleaved reps")
     print_table(rows, [("metric", "metric", "{}"), ("ours", "ours", "{:.1f}"), ("HF", "hf", "{:.1f}"),
                        ("ours/HF", "ratio", "{:.2f}")])
-    same_loss = abs(t["last_loss"]["ours"] - t["last_loss"]["hf"]) < 1e-3
-    print(f"same loss after {cfg['reps'] + 2} steps: {same_loss}; identical greedy tokens: "
-          f"{t['identical_greedy_tokens']}")
-    return {"mode": mode, "rows": rows, "identical_greedy_tokens": t["identical_greedy_tokens"],
-            "last_loss": t["last_loss"]}
+    # both sides take the same AdamW steps from the same weights: fp32 agrees closely, bf16 to its rounding
+    tol = 1e-3 if dtype == "float32" else 5e-2
+    diff = abs(t["last_loss"]["ours"] - t["last_loss"]["hf"])
+    print(f"same loss after {cfg['reps'] + 2} steps (|diff| {diff:.1e} < {tol:g}): {diff < tol}; identical greedy "
+          f"tokens: {t['identical_greedy_tokens']}")
+    return {"mode": mode, "device": device, "dtype": dtype, "gpu": t["gpu"], "rows": rows,
+            "identical_greedy_tokens": t["identical_greedy_tokens"], "last_loss": t["last_loss"]}
 
 
 def bench_fsdp(cfg):
     """train.py's own model setup (FSDP2, bf16 mixed precision, optional compile) timing full training steps of a
-    ~1B LLaMA at seq 512: tokens/s and MFU (6N + 12 L H Q T FLOPs per token against the GPU's bf16 peak)."""
+    ~1B LLaMA at seq 512: tokens/s, MFU and peak memory, compile off then on (on a GPU; CPU: eager only).
+
+    MFU counts 6 FLOPs per token per parameter of the matrix products (the input embedding is a lookup, not a
+    product, so it is left out) plus attention's 12 * layers * heads * head_dim * seq, against the GPU's dense bf16
+    peak (train.PEAK_FLOPS). train.py's log counts every parameter: ~7% higher at this size, ~2% at 7B."""
     from types import SimpleNamespace
     import torch
     import train
@@ -274,48 +317,201 @@ def bench_fsdp(cfg):
     shapes = {"1b": dict(dim=2048, n_layers=16, n_heads=16, n_kv_heads=8, intermediate_size=5632, micro=8),
               "tiny": dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, intermediate_size=128, micro=2)}[cfg["fsdp_preset"]]
     ctx = train.setup_distributed(cfg["device"])
+    cuda = ctx.device.type == "cuda"
     rows = []
-    for compiled in (False, True) if ctx.device.type == "cuda" else (False,):
+    for compiled in (False, True) if cuda else (False,):
         c = SimpleNamespace(dtype="bfloat16", compile=compiled, activation_checkpointing=False, seed=0)
         args = ModelArgs(dim=shapes["dim"], n_layers=shapes["n_layers"], n_heads=shapes["n_heads"],
                          n_kv_heads=shapes["n_kv_heads"], intermediate_size=shapes["intermediate_size"],
                          vocab_size=32000, max_seq_len=512)
+        if cuda:  # each round's peak is its own
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
         model = train.build_model(c, ctx.device, model_args=args)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as train.py
         x = torch.randint(0, 32000, (shapes["micro"], 512), device=ctx.device)
         y = torch.roll(x, -1, 1)
         times = []
+        t_first = time.perf_counter()
         for i in range(cfg["reps"] + 3):
-            if ctx.device.type == "cuda":
+            if cuda:
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
             _, loss = model(x, y, loss_fn=linear_cross_entropy)
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-            if ctx.device.type == "cuda":
+            if cuda:
                 torch.cuda.synchronize()
+            if i == 2:
+                warmup_s = time.perf_counter() - t_first  # the first 3 steps: compilation, when compiled
             if i >= 3:
                 times.append(time.perf_counter() - t0)
         n_params = sum(p.numel() for p in model.parameters())
+        n_matmul = n_params - (0 if args.tie_word_embeddings else model.model.embed_tokens.weight.numel())
         tps = x.numel() / sorted(times)[len(times) // 2]
         peak = train.peak_flops(ctx.device)
-        mfu = tps * train.flops_per_token(args, n_params, 512) / peak if peak else None
+        mfu = tps * train.flops_per_token(args, n_matmul, 512) / peak if peak else None
         rows.append(dict(compile=compiled, params=n_params, tokens_per_s=round(tps), mfu=mfu,
                          peak_mem_mib=round(train.peak_memory_mib(ctx.device)), loss=loss.item(),
-                         device=torch.cuda.get_device_name() if ctx.device.type == "cuda" else "cpu"))
+                         warmup_s=round(warmup_s, 1),
+                         device=torch.cuda.get_device_name() if cuda else "cpu"))
         print(f"{rows[-1]['device']}: {n_params / 1e9:.2f}B params, bf16 FSDP2, compile={compiled}: "
               f"{tps:,.0f} tokens/s, MFU {f'{mfu:.1%}' if mfu is not None else 'n/a'}, "
-              f"peak memory {rows[-1]['peak_mem_mib']:,} MiB")
+              f"peak memory {rows[-1]['peak_mem_mib']:,} MiB (first 3 steps {warmup_s:.1f} s)")
+        del model, opt, loss
     torch.distributed.destroy_process_group()
     return rows
+
+
+# -----------------------------------------------------------------------------
+# the memory plan: train.py's per-GPU memory for LLaMA-7B from the shapes (README, "Memory plan for LLaMA-7B")
+
+GiB = 2**30
+OVERHEAD_GIB = 3.0  # beyond PyTorch's allocated bytes: CUDA context, NCCL and cuBLAS workspaces, allocator slack
+
+
+def param_counts(args):
+    """(all parameters, one block's, the root's: embeddings, final norm, head), from the shapes."""
+    q, kv = args.n_heads * args.head_dim, args.n_kv_heads * args.head_dim
+    block = args.dim * (2 * q + 2 * kv) + 3 * args.dim * args.intermediate_size + 2 * args.dim
+    root = args.vocab_size * args.dim * (1 if args.tie_word_embeddings else 2) + args.dim
+    return args.n_layers * block + root, block, root
+
+
+def saved_bytes_per_token(args):
+    """Bytes that autograd keeps per token for one block's backward, eager bf16 (tests/test_gpu_script.py counts them
+    with saved_tensors_hooks): each RMSNorm its fp32 input, its bf16 normalised value and its output, the next
+    linear's input (8 dim, + a fp32 rsqrt); attention's q, k, v after rotation and its output, which is o_proj's input
+    (flash attention keeps no T x T matrix, only a fp32 logsumexp per head); SwiGLU's gate, up, silu(gate) and their
+    product (8 intermediate); the rotary cos/sin rows cast for q and k (per position, counted per token)."""
+    q, kv = args.n_heads * args.head_dim, args.n_kv_heads * args.head_dim
+    norms = 2 * ((4 + 2 + 2) * args.dim + 4)
+    attention = 2 * (2 * q + 2 * kv) + 4 * args.n_heads + 4 * 2 * args.head_dim
+    return norms + attention + 8 * args.intermediate_size
+
+
+def memory_plan(args, world, micro, seq, grad_accum, activation_checkpointing=True):
+    """Peak bytes PyTorch allocates per GPU in one train.py step (bf16 FSDP2 over `world` GPUs, fp32 master weights
+    and AdamW states, micro-batch micro x seq), term by term: -> (terms, peak). Each term is (what, bytes, when):
+    'always' (held through the step), 'loss' (only while the chunked loss runs) or 'backward' (only in backward);
+    peak = always + max(loss, backward). Eager kernels; compiled blocks save less."""
+    from kernels import LinearCrossEntropy
+    n, block, root = param_counts(args)
+    d, i, V, L, tokens = args.dim, args.intermediate_size, args.vocab_size, args.n_layers, micro * seq
+    chunk = min(max(1, LinearCrossEntropy.chunk_elems // V), tokens)
+    per_token = saved_bytes_per_token(args)
+    ac = activation_checkpointing
+    terms = [
+        ("fp32 master weights, sharded: 4 B/param / world", 4 * n / world, "always"),
+        ("AdamW exp_avg + exp_avg_sq, fp32, sharded: 8 B/param / world", 8 * n / world, "always"),
+        ("fp32 gradient accumulator, unsharded (grad_accum > 1): 4 B/param", 4 * n if grad_accum > 1 else 0, "always"),
+        ("bf16 parameters gathered: the root + 4 blocks in flight", 2 * root + 4 * 2 * block, "always"),
+        ("activation checkpoints: each block's bf16 input" if ac else "saved activations of every block",
+         L * (2 * d if ac else per_token) * tokens, "always"),
+        ("loss: fp32 head gradient + its bf16/fp32 temporaries, logit chunks, final norm",
+         10 * V * d + 8 * chunk * V + (2 + 8) * d * tokens, "loss"),
+        ("fp32 gradients, sharded: 4 B/param / world", 4 * n / world, "backward"),
+        ("one block recomputed for its backward", per_token * tokens if ac else 0, "backward"),
+        ("backward temporaries: activation gradients, a block's bf16 + fp32 weight gradients",
+         (4 * d + 6 * i) * tokens + 6 * block, "backward"),
+    ]
+    total = {w: sum(b for _, b, when in terms if when == w) for w in ("always", "loss", "backward")}
+    return terms, total["always"] + max(total["loss"], total["backward"])
+
+
+def largest_micro_batch(args, world, seq, grad_accum, card_gib, overhead_gib=OVERHEAD_GIB):
+    """The largest micro-batch whose planned peak plus the overhead fits a card of card_gib GiB (0: none fits)."""
+    b = 0
+    while memory_plan(args, world, b + 1, seq, grad_accum)[1] + overhead_gib * GiB <= card_gib * GiB:
+        b += 1
+    return b
+
+
+def _measure_memplan(cfg, args):
+    """LLaMA-7B's layers, memplan_layers of them, on this one GPU (world 1): bf16 FSDP2, activation checkpointing,
+    micro-batch 4 x 512, grad_accum 2, two optimizer steps; peak allocated memory against the plan's figure."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+    import torch
+    import train
+    from kernels import linear_cross_entropy
+    from model import Transformer
+    from weights import materialize
+    small = replace(args, n_layers=cfg["memplan_layers"])
+    micro, seq, ga = 4, 512, 2
+    ctx = train.setup_distributed(cfg["device"])
+    c = SimpleNamespace(dtype="bfloat16", compile=False, activation_checkpointing=True, seed=0)
+    with torch.device("meta"):
+        model = Transformer(small)
+    train.shard_model(model, c, ctx.device)
+    materialize(model, ctx.device)
+    with torch.no_grad():  # the values do not matter for memory: drawn on the GPU, no 16 GB CPU init
+        for p in model.parameters():
+            (p.to_local() if hasattr(p, "to_local") else p).normal_(0.0, 0.02)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+    torch.cuda.reset_peak_memory_stats()
+    for _ in range(2):  # the second step holds AdamW's states from the start
+        for m in range(ga):
+            x = torch.randint(0, small.vocab_size, (micro, seq), device=ctx.device)
+            model.set_requires_gradient_sync(m == ga - 1)
+            _, loss = model(x, torch.roll(x, -1, 1), reduction="sum", loss_fn=linear_cross_entropy)
+            loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    torch.cuda.synchronize()
+    measured, reserved = torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()
+    _, planned = memory_plan(small, 1, micro, seq, ga)
+    torch.distributed.destroy_process_group()
+    return dict(layers=small.n_layers, params=param_counts(small)[0], micro=micro, grad_accum=ga,
+                planned_gib=planned / GiB, measured_gib=measured / GiB, reserved_gib=reserved / GiB,
+                measured_over_planned=measured / planned, gpu=torch.cuda.get_device_name())
+
+
+def bench_memplan(cfg):
+    """configs/pmc.py's per-GPU memory (LLaMA-7B, 8 GPUs, micro-batch 4 x 512, grad_accum 4, activation
+    checkpointing) from the shapes, the other micro-batches of its global batch, and the largest micro-batch that
+    fits 40 and 80 GiB cards; on a GPU also measured on LLaMA-7B's layers with fewer of them."""
+    import torch
+    from model import preset
+    args, world, seq, gbs = preset("llama-7b"), 8, 512, 128
+    terms, peak = memory_plan(args, world, 4, seq, gbs // (4 * world))
+    print(f"LLaMA-7B ({param_counts(args)[0]:,} parameters), FSDP2 over {world} GPUs, bf16, activation "
+          f"checkpointing, micro-batch 4 x {seq}, grad_accum {gbs // (4 * world)}: per-GPU memory by term")
+    print_table([dict(what=w, gib=b / GiB, when=when) for w, b, when in terms],
+                [("term", "what", "{}"), ("GiB", "gib", "{:.2f}"), ("held", "when", "{}")])
+    rows = []
+    for micro in (1, 2, 4, 8, 16):
+        ga = gbs // (micro * world)
+        p = memory_plan(args, world, micro, seq, ga)[1] / GiB
+        rows.append(dict(micro=micro, grad_accum=ga, peak_gib=p, card_gib=p + OVERHEAD_GIB,
+                         fits_40=p + OVERHEAD_GIB <= 40, fits_80=p + OVERHEAD_GIB <= 80))
+    print(f"\nthe paper's global batch {gbs} on {world} GPUs (card = allocated peak + {OVERHEAD_GIB:g} GiB overhead)")
+    print_table(rows, [("micro-batch", "micro", "{}"), ("grad_accum", "grad_accum", "{}"),
+                       ("peak GiB", "peak_gib", "{:.1f}"), ("card GiB", "card_gib", "{:.1f}"),
+                       ("fits 40", "fits_40", "{}"), ("fits 80", "fits_80", "{}")])
+    largest = {f"{card}GiB_grad_accum_{'gt1' if ga > 1 else '1'}": largest_micro_batch(args, world, seq, ga, card)
+               for card in (40, 80) for ga in (2, 1)}
+    print("\nlargest micro-batch (memory alone, any global batch): " + ", ".join(f"{k}: {v}" for k, v in largest.items()))
+    result = {"terms": [dict(what=w, bytes=b, when=when) for w, b, when in terms], "peak_bytes": peak,
+              "global_batch_rows": rows, "largest_micro_batch": largest}
+    device = cfg["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        m = _measure_memplan(cfg, args)
+        print(f"\nmeasured on {m['gpu']}: LLaMA-7B layers x {m['layers']} ({m['params'] / 1e9:.2f}B parameters), 1 GPU, "
+              f"micro-batch {m['micro']} x {seq}, grad_accum {m['grad_accum']}: peak allocated {m['measured_gib']:.2f} GiB "
+              f"(reserved {m['reserved_gib']:.2f}), plan {m['planned_gib']:.2f} GiB: measured/plan "
+              f"{m['measured_over_planned']:.2f}")
+        result["measured"] = m
+    return result
 
 
 def main(argv=None):
     cfg = configure(dict(globals()), argv)  # a copy: the defaults stay untouched
     if cfg["part"]:
         return _measure_part(cfg)
-    benches = {"corpus": bench_corpus, "eval": bench_eval, "model": bench_model, "fsdp": bench_fsdp}
+    benches = {"corpus": bench_corpus, "eval": bench_eval, "model": bench_model, "fsdp": bench_fsdp,
+               "memplan": bench_memplan}
     if cfg["what"] not in benches:
         raise SystemExit(f"--what={cfg['what']}: known: {', '.join(benches)}")
     info = machine()
