@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_hf_llama
+from conftest import data_path, make_hf_llama
 from weights import load_model
 
 gguf = pytest.importorskip("gguf", reason="GGUF tests need llama.cpp's reader: pip install gguf")
@@ -210,3 +210,26 @@ def test_smollm2_hf_export_loads_in_transformers(smollm2_pair, smollm2_gguf, tmp
         with torch.no_grad():
             assert (ours(idx)[0] - hf_logits(hf2, idx)).abs().max().item() <= 1e-4
     assert hf2.config.tie_word_embeddings and hf2.config.bos_token_id == tok.bos_id
+
+
+def test_smollm2_eval_scores_match_transformers(smollm2_pair, smollm2_gguf):
+    """eval_qa on 100 PubMedQA test questions with SmolLM2 (no BOS, its convention): every per-choice score equals
+    transformers' log-probabilities of the same continuation after the same prompt within 1e-4; same predictions."""
+    from types import SimpleNamespace
+    import eval_qa
+    from tokenizer import Tokenizer
+    ours, hf, _ = smollm2_pair
+    tok = Tokenizer(smollm2_gguf)
+    c = SimpleNamespace(medmcqa_cop_base=1, limit=100, shots=0, add_bos=None, method="loglik", batch_size=16,
+                        device="cpu", init_from=smollm2_gguf, lora="", compile=False)
+    res, rows = eval_qa.evaluate_bench(ours, tok, c, "pubmedqa", data_path("pubmedqa", "ori_pqal.json"))
+    assert res["n"] == 100 and len(rows) == 100
+    for row in rows:  # the harness' split: continuation = encode(prompt + choice) after encode(prompt)
+        ctx = tok.encode(row["prompt"].rstrip(" "))
+        conts = [tok.encode(row["prompt"] + ch)[len(ctx):] for ch in row["choices"]]
+        assert ctx[0] != tok.bos_id and all(len(ct) == 1 for ct in conts)  # " yes"/" no"/" maybe": one token each
+        with torch.no_grad():  # so one forward over the prompt gives every choice's log-probability
+            lp = torch.log_softmax(hf(torch.tensor([ctx])).logits[0, -1].double(), -1)
+        ref = [lp[ct[0]].item() for ct in conts]
+        assert max(abs(a - b) for a, b in zip(row["scores"], ref)) <= 1e-4, (row["id"], row["scores"], ref)
+        assert row["pred"] == max(range(len(ref)), key=ref.__getitem__)
