@@ -178,7 +178,7 @@ def jats_events(data, where, require_pmc_id=True, skip_types=NOT_PAPERS):
         yield "skip", "no_article", where, f"root <{root.tag}>"
     for i, art in enumerate(articles, 1):
         w = where if len(articles) == 1 else f"{where}#{i}"
-        kind = (art.get("article-type") or "").strip()
+        kind = (art.get("article-type") or "").strip().lower()
         meta = art.find("front/article-meta")
         meta = meta if meta is not None else ET.Element("article-meta")
         pmc = _jats_pmc(meta)

@@ -674,7 +674,8 @@ def parse_args(argv=None):
                    help="text: cut each file into documents of about this many characters at blank lines (0: whole)")
     p.add_argument("--require_pmc_id", type=lambda s: s.lower() in ("1", "true", "yes"), default=True,
                    help="s2orc, pmc_xml, bioc: keep only papers with a PubMed Central id (the paper's filter)")
-    p.add_argument("--skip_article_types", type=lambda s: [t for t in s.split(",") if t], default=list(cf.NOT_PAPERS),
+    p.add_argument("--skip_article_types", type=lambda s: [t.strip().lower() for t in s.split(",") if t.strip()],
+                   default=list(cf.NOT_PAPERS),
                    help=f"pmc_xml: article-type values that are not papers, comma-separated ('' keeps all); "
                         f"default {','.join(cf.NOT_PAPERS)}")
     p.add_argument("--exclude_ids", help="pubmedqa: JSON file whose keys are ids to leave out (test_ground_truth.json)")
