@@ -61,8 +61,8 @@ XML_NAMESPACES = {b"xlink": b"http://www.w3.org/1999/xlink", b"mml": b"http://ww
 _UNBOUND_PREFIX = expat.errors.codes[expat.errors.XML_ERROR_UNBOUND_PREFIX]
 _UNDEFINED_ENTITY = expat.errors.codes[expat.errors.XML_ERROR_UNDEFINED_ENTITY]
 # the prolog (BOM, declaration, comments, processing instructions, DOCTYPE) and the root element's name
-_ROOT = re.compile(rb"\A(?:\xef\xbb\xbf)?(?:\s|<\?.*?\?>|<!--.*?-->|<!DOCTYPE(?:[^\[>]|\[.*?\])*>)*<([A-Za-z_][\w.:-]*)",
-                   re.S)
+_ROOT = re.compile(rb"\A(?:\xef\xbb\xbf)?(?:\s|<\?.*?\?>|<!--.*?-->|<!DOCTYPE(?:[^\[>]|\[.*?\])*>)*"
+                   rb"<([A-Za-z_][\w.:-]*)", re.S)
 
 
 def _repair(data, code):

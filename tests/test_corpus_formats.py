@@ -117,7 +117,8 @@ XML = {
     "pone.0046493.nxml": (
         "PMC3460867", "MmPPOX Inhibits Mycobacterium tuberculosis Lipolytic Enzymes",
         "Enzymatic hydrolysis of emulsions of various esters, namely vinyl butyrate (VC4)",
-        ["pH-stat assays", "Lipase activity assays on TAG from Pomegranate oil", "Effect of MmPPOX on mycobacterial growth"],
+        ["pH-stat assays", "Lipase activity assays on TAG from Pomegranate oil",
+         "Effect of MmPPOX on mycobacterial growth"],
         ["Activity on pNPC4 (U/mg)", "Intracellular lipophilic inclusions of mycobacteria in vitro and in sputum",
          "SDS-PAGE profile of the 9 Lip-HSL proteins used in this study"]),
 }
@@ -164,8 +165,9 @@ SYNTHETIC = b"""<article article-type="research-article"><front><article-meta>
 <italic>in vivo</italic> studies.</p>
 <p>Before the table<table-wrap><label>Table 1</label><caption><p>TABLECAPTION</p></caption><table><tr><td>CELLTEXT</td>
 </tr></table></table-wrap>after the table.</p>
-<sec><title>Nested</title><p>A list follows:<list list-type="bullet"><list-item><label>a</label><p>first item</p></list-item>
-<list-item><p>second item</p></list-item></list>and text after it.</p>
+<sec><title>Nested</title><p>A list follows:<list list-type="bullet">
+<list-item><label>a</label><p>first item</p></list-item><list-item><p>second item</p></list-item>
+</list>and text after it.</p>
 <disp-formula><mml:math><mml:mi>MATHTEXT</mml:mi></mml:math></disp-formula>
 <boxed-text><caption><title>Box 1</title></caption><p>Boxed paragraph.</p></boxed-text></sec>
 <sec><title>Only a figure</title><fig><caption><p>FIGCAPTION</p></caption><graphic xlink:href="f1.jpg"/></fig></sec>
@@ -377,9 +379,11 @@ BIOC = {
     "PMC10020673.json": (
         "PMC10020673", "Microbial isolation and characterization from two flex lines from the urine processor assembly",
         "A clean and reliable source of water is critical for human spaceflight.",
-        ["Introduction", "Materials and methods", "Sample collection and fixation", "Hemolysis activity", "Conclusions"],
+        ["Introduction", "Materials and methods", "Sample collection and fixation", "Hemolysis activity",
+         "Conclusions"],
         ["Sample Source\tSample\tGenome size", "Urine treatment on the international space station: current practice",
-         "Urine Processor Assembly schematic detailing the positions", "Supplementary data to this article can be found",
+         "Urine Processor Assembly schematic detailing the positions",
+         "Supplementary data to this article can be found",
          "CRediT authorship contribution statement", "Hang Ngoc Nguyen: General, Methodology"]),
     "PMC10926278.json": (
         "PMC10926278", "Correction to “Adaptation to full weight‐bearing following disuse in rats",
