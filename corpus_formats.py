@@ -48,8 +48,8 @@ def _flush(buf, out):
 # Elements left out with everything inside them (a space keeps the words around them apart). <label> is the number
 # of a section, list item or box; <alternatives> wraps another representation of a figure, table or formula.
 JATS_DROP = frozenset("""table-wrap table-wrap-group table array fig fig-group graphic inline-graphic media
-    disp-formula disp-formula-group inline-formula tex-math math chem-struct-wrap supplementary-material ref-list
-    alternatives label break""".split())
+    disp-formula disp-formula-group inline-formula tex-math math {http://www.w3.org/1998/Math/MathML}math
+    chem-struct-wrap supplementary-material ref-list alternatives label break""".split())
 # Elements that start a paragraph of their own wherever they sit (a <list> or <boxed-text> may sit inside a <p>).
 JATS_BLOCK = frozenset("""p title caption list list-item def-list def-item term def boxed-text disp-quote speech
     statement verse-group verse-line fn fn-group glossary preformat code question answer explanation""".split())
@@ -58,6 +58,7 @@ XML_ENTITIES = {name: chr(cp) for name, cp in html.entities.name2codepoint.items
 XML_NAMESPACES = {b"xlink": b"http://www.w3.org/1999/xlink", b"mml": b"http://www.w3.org/1998/Math/MathML",
                   b"xsi": b"http://www.w3.org/2001/XMLSchema-instance", b"ali": b"http://www.niso.org/schemas/ali/1.0/",
                   b"oasis": b"http://www.niso.org/standards/z39-96/ns/oasis-exchange/table"}
+_DEFAULT_NS = re.compile(rb"xmlns\s*=")
 _UNBOUND_PREFIX = expat.errors.codes[expat.errors.XML_ERROR_UNBOUND_PREFIX]
 _UNDEFINED_ENTITY = expat.errors.codes[expat.errors.XML_ERROR_UNDEFINED_ENTITY]
 # the prolog (BOM, declaration, comments, processing instructions, DOCTYPE) and the root element's name
@@ -87,7 +88,8 @@ def _repair(data, code):
 
 
 def parse_xml(data):
-    """bytes -> the root Element, tags without namespaces (the OAI-PMH <article> sits in a default namespace)."""
+    """bytes -> the root Element. JATS elements have no namespace, except under a default one (the OAI-PMH
+    <article>): then every tag loses its namespace (a loop over all elements: only when needed)."""
     for _ in range(3):
         parser = ET.XMLParser()
         parser.entity.update(XML_ENTITIES)
@@ -101,9 +103,10 @@ def parse_xml(data):
                 raise
     else:
         raise ET.ParseError("still malformed after repairs")
-    for el in root.iter():
-        if el.tag[:1] == "{":
-            el.tag = el.tag.partition("}")[2]
+    if _DEFAULT_NS.search(data):
+        for el in root.iter():
+            if el.tag[:1] == "{":
+                el.tag = el.tag.partition("}")[2]
     return root
 
 

@@ -472,7 +472,7 @@ def _encode_chunk(texts):
     """-> (all documents' ids concatenated, per-document lengths): numpy pickles far faster than lists of ints."""
     ids = _tok.encode_batch(texts, bos=True, eos=True, num_threads=1)  # parallelism comes from the processes
     lengths = np.array([len(x) for x in ids], dtype=np.int64)
-    return np.array(list(chain.from_iterable(ids)), dtype=_dtype), lengths
+    return np.fromiter(chain.from_iterable(ids), dtype=_dtype, count=int(lengths.sum())), lengths
 
 
 def _events(kind, payload, where):

@@ -173,13 +173,14 @@ SYNTHETIC = b"""<article article-type="research-article"><front><article-meta>
 <sec><title>Only a figure</title><fig><caption><p>FIGCAPTION</p></caption><graphic xlink:href="f1.jpg"/></fig></sec>
 <sec><title>Supplementary Material</title><supplementary-material><caption><p>SUPPCAPTION</p></caption>
 </supplementary-material></sec></sec>
-<sec><title>Methods</title><p>We did&nbsp;things.</p></sec></body>
+<sec><title>Methods</title><p>We did&nbsp;things.</p>
+<p>Bare math <mml:math><mml:mi>MATH2</mml:mi></mml:math>here.</p></sec></body>
 <back><ack><p>ACKTEXT</p></ack><ref-list><ref id="r1"><mixed-citation>REFTEXT</mixed-citation></ref></ref-list></back>
 <floats-group><table-wrap><table><tr><td>FLOATCELL</td></tr></table></table-wrap></floats-group></article>"""
 SYNTHETIC_TEXT = ("A tiny test article\n\nAbstract text.\n\nIntroduction\n\n"
                   "Aspirin inhibits COX-1 [1] as shown by in vivo studies.\n\nBefore the table after the table.\n\n"
                   "Nested\n\nA list follows:\n\nfirst item\n\nsecond item\n\nand text after it.\n\nBox 1\n\n"
-                  "Boxed paragraph.\n\nMethods\n\nWe did\xa0things.")
+                  "Boxed paragraph.\n\nMethods\n\nWe did\xa0things.\n\nBare math here.")
 
 
 def test_jats_structure_formulas_tables_and_repairs():
