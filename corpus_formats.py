@@ -134,15 +134,17 @@ def _flow(el, buf, out, skip=()):
             buf.append(ch.tail)
 
 
+class _Title(str):
+    """A section title among the blocks: an article whose body has titles only has no body text."""
+
+
 def _section(sec, out):
-    """A section's title, then its paragraphs and subsections in order; nothing, not even the title, when it holds
-    no text (a section of figures or supplementary files only)."""
-    body, buf = [], []
-    _flow(sec, buf, body, skip=("title", "sec-meta"))
-    _flush(buf, body)
-    if body:
-        out.append(_inline(sec.find("title")))
-        out.extend(body)
+    """A section's title, then its paragraphs and subsections in order (the title stays when all the section held
+    was figures or supplementary files: every section title of the body is in the text)."""
+    out.append(_Title(_inline(sec.find("title"))))
+    buf = []
+    _flow(sec, buf, out, skip=("title", "sec-meta"))
+    _flush(buf, out)
 
 
 def _inline(el):
@@ -192,7 +194,7 @@ def jats_events(data, where, require_pmc_id=True, skip_types=NOT_PAPERS):
             yield "skip", "no_pmc_id", w, ""
             continue
         body = _blocks(art.find("body"))
-        if not body:
+        if all(isinstance(b, _Title) for b in body):
             yield "skip", "no_body", w, pmc or ""
             continue
         head = [_inline(meta.find("title-group/article-title"))]

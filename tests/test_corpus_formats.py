@@ -52,7 +52,7 @@ XML = {
         "Davis minimal salts medium (DM) with 20 mM glucose",
         ["Background", "Effect of allelic variation in holin sequence", "Effect of late promoter pR' activity",
          "Evolutionary implication of lysis time stochasticity", "Appendix A",
-         "Sample preparation and lysis time determination", "Competing interests"],
+         "Sample preparation and lysis time determination", "Competing interests", "Supplementary Material"],
         ["MC4100 (λ cI857 pR'-M2), with pR' mutations", "Dynamics of single-cell gene expression",
          "Effects of tKCN (timing of KCN addition)"]),
     "1472-6831-8-11.nxml": (
@@ -78,7 +78,8 @@ XML = {
     "PMC5029658.xml": (
         "PMC5029658", "TKI sensitivity patterns of novel kinase-domain mutations suggest therapeutic opportunities",
         "I1171S previously was seen in an in vitro accelerated mutagenesis screen in ALK+ NSCLC",
-        ["INTRODUCTION", "I1171S", "G1269A", "MATERIALS AND METHODS", "Site directed mutagenesis"],
+        ["INTRODUCTION", "I1171S", "G1269A", "MATERIALS AND METHODS", "Site directed mutagenesis",
+         "SUPPLEMENTARY MATERIALS FIGURES"],
         ["Ceritnib", "Kinase domain mutations leading to acquired resistance",
          "FAM150A and FAM150B are activating ligands for Anaplastic Lymphoma Kinase"]),
     "ehp-116-1694.nxml": (
@@ -118,7 +119,7 @@ XML = {
         "PMC3460867", "MmPPOX Inhibits Mycobacterium tuberculosis Lipolytic Enzymes",
         "Enzymatic hydrolysis of emulsions of various esters, namely vinyl butyrate (VC4)",
         ["pH-stat assays", "Lipase activity assays on TAG from Pomegranate oil",
-         "Effect of MmPPOX on mycobacterial growth"],
+         "Effect of MmPPOX on mycobacterial growth", "Supporting Information"],
         ["Activity on pNPC4 (U/mg)", "Intracellular lipophilic inclusions of mycobacteria in vitro and in sputum",
          "SDS-PAGE profile of the 9 Lip-HSL proteins used in this study"]),
 }
@@ -133,7 +134,7 @@ def check_article(text, expect):
     assert text.startswith(title)
     assert sentence in text
     for s in sections:
-        assert f"\n\n{s}\n\n" in text, s  # a section title is a block of its own
+        assert f"\n\n{s}\n\n" in text + "\n\n", s  # a section title is a block of its own
     for s in absent + ["\\documentclass", "\\usepackage", "xlink:href"]:
         assert s not in text, s
 
@@ -180,13 +181,14 @@ SYNTHETIC = b"""<article article-type="research-article"><front><article-meta>
 SYNTHETIC_TEXT = ("A tiny test article\n\nAbstract text.\n\nIntroduction\n\n"
                   "Aspirin inhibits COX-1 [1] as shown by in vivo studies.\n\nBefore the table after the table.\n\n"
                   "Nested\n\nA list follows:\n\nfirst item\n\nsecond item\n\nand text after it.\n\nBox 1\n\n"
-                  "Boxed paragraph.\n\nMethods\n\nWe did\xa0things.\n\nBare math here.")
+                  "Boxed paragraph.\n\nOnly a figure\n\nSupplementary Material\n\nMethods\n\nWe did\xa0things.\n\n"
+                  "Bare math here.")
 
 
 def test_jats_structure_formulas_tables_and_repairs():
     """Every rule on one small article: inline markup keeps its text; tables (also inside a <p>), figures, formulas
     (MathML and a <tex-math> LaTeX preamble), supplementary material, back matter and <floats-group> go; lists and
-    boxed text are paragraphs; nested sections keep their order; a section with no text loses its title. The file
+    boxed text are paragraphs; nested sections keep their order, every section keeps its title. The file
     uses mml: and xlink: without declaring them and &nbsp; without a DTD: both repaired, not skipped."""
     assert list(cf.jats_events(SYNTHETIC, "x.xml")) == [("doc", "PMC7654321", SYNTHETIC_TEXT, "x.xml")]
 
@@ -250,7 +252,8 @@ def test_pmc_xml_bad_input_is_counted_by_reason_with_location(tmp_path):
     (d / "b_malformed.xml").write_bytes(real[:5000])
     (d / "c_correction.xml").write_bytes(article("PMC1000001", "correction"))
     (d / "d_retraction.xml").write_bytes(article("1000002", "retraction"))
-    (d / "e_nobody.xml").write_bytes(article("1000003", body=""))
+    (d / "e_nobody.xml").write_bytes(article("1000003", body='<sec><title>Supplementary Material</title>'
+                                                            '<supplementary-material/></sec>'))
     (d / "f_noid.xml").write_bytes(article())
     make_package(d / "g_pkg.tar.gz", [("PMC3585041.xml", real), ("README.txt", b"file list"),
                                       ("PMC1000004.xml", b"\x89PNG\r\n\x1a\n\x00binary"),
