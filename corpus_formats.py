@@ -216,8 +216,8 @@ class _BadSpans(ValueError):
 
 
 def _spans(value, n):
-    """An annotation value (a JSON string of [{"start", "end", "attributes"?}], or null) -> sorted (start, end,
-    attributes) checked against the text's length n in code points."""
+    """An annotation value (a JSON string of [{"start", "end", "attributes"?}], or null) -> sorted (start, end),
+    checked against the text's length n in code points."""
     if value is None:
         return []
     if isinstance(value, str):
@@ -234,8 +234,8 @@ def _spans(value, n):
         a, b = s.get("start"), s.get("end")
         if type(a) is not int or type(b) is not int or not 0 <= a <= b <= n:
             raise _BadSpans("span_out_of_range", f"[{a!r}, {b!r}) in a text of {n} characters")
-        out.append((a, b, s.get("attributes") or {}))
-    return sorted(out, key=lambda x: (x[0], x[1]))
+        out.append((a, b))
+    return sorted(out)
 
 
 def s2orc_api_events(line, where, require_pmc_id=True):
@@ -251,7 +251,7 @@ def s2orc_api_events(line, where, require_pmc_id=True):
     ext = rec.get("externalids", rec.get("externalIds")) or {}
     ext = {str(k).lower(): v for k, v in ext.items()} if isinstance(ext, dict) else {}
     pmc = pmc_id(ext.get("pubmedcentral"))
-    corpus = f"CorpusId:{rec.get('corpusid', rec.get('corpusId'))}"
+    corpus = f"CorpusId:{rec.get('corpusid', rec.get('corpusId', '?'))}"
     if pmc is None and require_pmc_id:
         yield "skip", "no_pmc_id", where, corpus
         return
@@ -269,7 +269,7 @@ def s2orc_api_events(line, where, require_pmc_id=True):
         return
     # the union of the spans that hold no body text, merged, to test containment by bisection
     merged = []
-    for a, b, _ in sorted(s for k in S2_OUTSIDE for s in spans[k]):
+    for a, b in sorted(s for k in S2_OUTSIDE for s in spans[k]):
         if merged and a <= merged[-1][1]:
             merged[-1][1] = max(merged[-1][1], b)
         else:
@@ -280,9 +280,9 @@ def s2orc_api_events(line, where, require_pmc_id=True):
         i = bisect_right(starts, a) - 1
         return i >= 0 and b <= merged[i][1]
 
-    title = next((t for a, b, _ in spans["title"] if (t := text[a:b].strip())), "")  # the header's, not the repeat
-    parts = [title] + [text[a:b].strip() for a, b, _ in spans["abstract"]]
-    blocks = sorted([(a, b, 0) for a, b, _ in spans["sectionheader"]] + [(a, b, 1) for a, b, _ in spans["paragraph"]])
+    title = next((t for a, b in spans["title"] if (t := text[a:b].strip())), "")  # the header's, not the repeat
+    parts = [title] + [text[a:b].strip() for a, b in spans["abstract"]]
+    blocks = sorted([(a, b, 0) for a, b in spans["sectionheader"]] + [(a, b, 1) for a, b in spans["paragraph"]])
     headers, body = [], []
     for a, b, is_paragraph in blocks:
         t = text[a:b].strip()
