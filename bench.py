@@ -22,9 +22,9 @@ from configurator import configure
 what = "corpus"
 data_root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared", "data")
 out = ""  # JSON results file; default bench_{what}.json in the current folder
-eval_questions = 200  # --what=eval: MedMCQA questions (and half as many PubMedQA ones)
 corpus_format = "jsonl"  # --what=corpus: 'jsonl' (biomedical texts as JSON lines) or 'xml' (PMC articles, .tar.gz)
 corpus_runs = 1  # --what=corpus: runs of each configuration, interleaved; the fastest is kept (a shared CPU is noisy)
+eval_questions = 200  # --what=eval: MedMCQA questions (and half as many PubMedQA ones)
 # --what=model: the shapes of the comparison (fp32 on CPU), repetitions, and torch.compile on both sides
 dim = 512
 n_layers = 8
