@@ -2,6 +2,7 @@
 Biomedical papers -> flat token memmaps that keep paper boundaries, for train.py's per-paper windows.
 
     python prepare_corpus.py --source=s2orc --input=s2orc_root --tokenizer=llama/tokenizer.model --out_dir=data/pmc
+    python prepare_corpus.py --source=pmc_xml --input newer.tar.gz older.tar.gz --tokenizer=tok.model --out_dir=data/pmc
     python prepare_corpus.py --source text pubtator pubtator --input craft/txt bc5cdr ncbi_disease \
         --tokenizer=tokenizer.model --out_dir=data/biomed
 
@@ -10,19 +11,33 @@ Writes in out_dir: train.bin / val.bin (each document = BOS + tokens + EOS, uint
 meta.json (sizes, tokenizer sha256, sources, and every skipped record counted by reason with its first locations).
 
 Sources (one --source for all inputs, or one per input):
-  s2orc     the S2ORC release: metadata/metadata_N.jsonl[.gz] + pdf_parses/pdf_parses_N.jsonl[.gz], joined by
-            paper_id shard by shard; kept when the metadata has a pmc_id (PMC-LLaMA's filter; --require_pmc_id=False
-            keeps all). Text = title, abstract paragraphs, then body paragraphs under their section headings.
+  s2orc     S2ORC, either schema, told apart by the input's layout:
+            - the 2020 release: metadata/metadata_N.jsonl[.gz] + pdf_parses/pdf_parses_N.jsonl[.gz], joined by
+              paper_id shard by shard; kept when the metadata has a pmc_id;
+            - the Semantic Scholar Datasets API (2023+): s2orc shards (*.jsonl[.gz], or any .gz), one record per
+              paper, text rebuilt from content.text and its annotation spans; kept when externalids.pubmedcentral is
+              set. PMC-LLaMA's filter; --require_pmc_id=False keeps all.
+            Text = title, abstract, then body paragraphs under their section headings.
+  pmc_xml   PMC Open Access JATS/NLM XML: .xml/.nxml files (single articles, EFetch <pmc-articleset>, OAI-PMH
+            GetRecord), and bulk packages (.tar.gz, streamed member by member, never extracted); a folder is walked.
+            Text = title, abstracts, body sections with their titles; no tables, figures, formulas, references or
+            supplementary material. Article types in --skip_article_types are skipped (counted by type).
+  bioc      PMC BioC JSON (BioC API, PubTator): title, abstract, body passages with section titles.
   jsonl     one JSON object per line with a text field (--text_field)
   text      a folder of .txt files, one document per file
   pubtator  PubTator files (PMID|t|title, PMID|a|abstract; annotation lines ignored); a repeated PMID is skipped
   pubmedqa  PubMedQA ori_pqal.json / ori_pqaa.json contexts + conclusion (it is also a test set: --exclude_ids=
             test_ground_truth.json leaves the test questions out, or leave the source out altogether)
 
-The split is by document, from a hash of (seed, document key): deterministic, independent of order and of the
-number of workers. Reading happens in this process, tokenizing in a pool of --workers processes with a bounded
-number of chunks in flight, and results are written in input order as they arrive, so memory stays flat however
-large the corpus and the output is byte-identical for any worker count.
+A document's key is its PMC id ("PMC1234567") where it has one, so that one paper lands in the same split from any
+source; a PMC id seen again (NCBI re-issues updated articles in later packages) is skipped and counted: the first
+occurrence is kept, so list newer packages first. The split is by document, from a hash of (seed, key):
+deterministic, independent of order and of the number of workers.
+
+This process only streams bytes (files, .gz lines, tar members) in input order; a pool of --workers processes
+parses them (XML, JSON; corpus_formats.py) and tokenizes, with a bounded number of chunks in flight; results are
+written in input order as they arrive, so memory stays flat however large the corpus and the output is
+byte-identical for any worker count.
 """
 import argparse
 import glob
@@ -32,6 +47,7 @@ import json
 import os
 import re
 import sys
+import tarfile
 import time
 import urllib.request
 import zlib
@@ -42,9 +58,10 @@ from multiprocessing import get_context
 import numpy as np
 from tqdm import tqdm
 
+import corpus_formats as cf
 from tokenizer import Tokenizer
 
-SOURCES = ("s2orc", "jsonl", "text", "pubtator", "pubmedqa")
+SOURCES = ("s2orc", "pmc_xml", "bioc", "jsonl", "text", "pubtator", "pubmedqa")
 N_EXAMPLES = 5  # first locations kept per skip reason
 
 
@@ -64,19 +81,25 @@ class Skips:
 # -----------------------------------------------------------------------------
 # readers: each yields (key, text, where) for good documents and records bad ones in skips
 
-def read_lines(path, skips):
-    """Yield (line_no, str) of a .jsonl[.gz] file; undecodable lines and a truncated gzip are counted, not raised."""
+def read_raw_lines(path, skips):
+    """Yield (line_no, bytes) of a .jsonl[.gz] file; a truncated gzip is counted, not raised."""
     opener = gzip.open if path.endswith(".gz") else open
     n = 0
     try:
         with opener(path, "rb") as f:
             for n, raw in enumerate(f, 1):
-                try:
-                    yield n, raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    skips.add("invalid_utf8", f"{path}:{n}", str(e))
+                yield n, raw
     except (EOFError, gzip.BadGzipFile, zlib.error) as e:
         skips.add("truncated_gzip", f"{path}:{n + 1}", f"{type(e).__name__}: {e}")
+
+
+def read_lines(path, skips):
+    """Yield (line_no, str) of a .jsonl[.gz] file; undecodable lines and a truncated gzip are counted, not raised."""
+    for n, raw in read_raw_lines(path, skips):
+        try:
+            yield n, raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            skips.add("invalid_utf8", f"{path}:{n}", str(e))
 
 
 def read_json_lines(path, skips):
@@ -250,21 +273,124 @@ def read_s2orc(path, skips, require_pmc_id=True):
             if pid not in keep:
                 continue  # filtered out above (counted there) or a parse without metadata
             m, _ = keep.pop(pid)
-            yield pid, s2orc_text(m, p), f"{parse_fp}:{n}"
+            yield cf.pmc_id(m.get("pmc_id")) or pid, s2orc_text(m, p), f"{parse_fp}:{n}"
         for pid, (m, n) in keep.items():
             skips.add("no_pdf_parse", f"{meta_fp}:{n}", pid)
 
 
+# -----------------------------------------------------------------------------
+# the formats of today's downloads: this process only streams their bytes, as units for the worker pool.
+# A unit is (kind, payload, where); the workers turn it into documents (see _events).
+
+def tree_files(path, exts):
+    """A file itself, or a folder's files ending in exts (any depth), sorted by path."""
+    if not os.path.isdir(path):
+        return [path]
+    return sorted(os.path.join(d, f) for d, _, files in os.walk(path) for f in files if f.lower().endswith(exts))
+
+
+NO_PMC = b'"pubmedcentral":null'  # the API's own serialisation; any other spelling is filtered by the workers
+
+
+def read_s2orc_api(path, skips, require_pmc_id=True):
+    files = tree_files(path, (".jsonl", ".gz"))
+    if not files:
+        raise SystemExit(f"{path}: no S2ORC shards: neither metadata/metadata_N.jsonl[.gz] (the 2020 release) nor "
+                         f"*.jsonl[.gz] files (the Datasets API's s2orc shards)")
+    for fp in files:
+        for n, raw in read_raw_lines(fp, skips):
+            if not raw.strip():
+                continue
+            if require_pmc_id and NO_PMC in raw:  # most records are not PMC papers: not worth a worker's JSON parse
+                skips.add("no_pmc_id", f"{fp}:{n}")
+                continue
+            yield "s2orc_api", raw, f"{fp}:{n}"
+
+
+TAR_EXT = (".tar.gz", ".tgz", ".tar")
+XML_EXT = (".xml", ".nxml", ".xml.gz", ".nxml.gz")
+
+
+def read_tar(path, skips):
+    """The XML members of a .tar[.gz] package, streamed in archive order; a damaged package keeps the members read
+    before the damage and counts it, with the member being read."""
+    member, last = None, None
+    try:
+        with (gzip.open if path.lower().endswith("gz") else open)(path, "rb") as f:
+            with tarfile.open(fileobj=f, mode="r|") as tar:
+                for m in tar:
+                    if not m.isfile():
+                        continue
+                    where = f"{path}:{m.name}"
+                    if not m.name.lower().endswith((".xml", ".nxml")):
+                        skips.add("not_xml_member", where)
+                        continue
+                    member = m.name
+                    data = tar.extractfile(m).read()
+                    member, last = None, m.name
+                    yield "xml", data, where
+            while f.read(1 << 20):  # tar stops at its end blocks: reading on checks the gzip stream is complete
+                pass
+    except (EOFError, tarfile.TarError, OSError, zlib.error) as e:
+        reason = "truncated_tar" if isinstance(e, EOFError) or "unexpected end" in str(e) else "bad_tar"
+        where = f"{path}:{member}" if member else f"{path}: after {last}" if last else path
+        skips.add(reason, where, f"{type(e).__name__}: {e}")
+
+
+def read_pmc_xml(path, skips):
+    for fp in tree_files(path, XML_EXT + TAR_EXT):
+        if fp.lower().endswith(TAR_EXT):
+            yield from read_tar(fp, skips)
+        else:
+            yield "xml_file", fp, fp
+
+
+def read_bioc(path, skips):
+    for fp in tree_files(path, (".json", ".json.gz", ".jsonl", ".jsonl.gz")):
+        yield "bioc_file", fp, fp
+
+
 def read_source(kind, path, skips, args):
+    """The units of one --input, in input order."""
+    if kind == "s2orc" and not glob.glob(os.path.join(path, "metadata", "metadata_*.jsonl*")):
+        return read_s2orc_api(path, skips, args.require_pmc_id)
+    if kind == "pmc_xml":
+        return read_pmc_xml(path, skips)
+    if kind == "bioc":
+        return read_bioc(path, skips)
     if kind == "s2orc":
-        return read_s2orc(path, skips, args.require_pmc_id)
-    if kind == "jsonl":
-        return read_jsonl(path, skips, args.text_field)
-    if kind == "text":
-        return read_text(path, skips, args.doc_chars)
-    if kind == "pubtator":
-        return read_pubtator(path, skips)
-    return read_pubmedqa(path, skips, args.exclude_ids)
+        docs = read_s2orc(path, skips, args.require_pmc_id)
+    elif kind == "jsonl":
+        docs = read_jsonl(path, skips, args.text_field)
+    elif kind == "text":
+        docs = read_text(path, skips, args.doc_chars)
+    elif kind == "pubtator":
+        docs = read_pubtator(path, skips)
+    else:
+        docs = read_pubmedqa(path, skips, args.exclude_ids)
+    return (("doc", (key, text), where) for key, text, where in docs)
+
+
+class QueuedSkips:
+    """The readers' Skips in this process: each skip becomes a unit of the stream, so that it is counted in input
+    order with the workers' own (meta.json is then the same for any --workers)."""
+
+    def __init__(self):
+        self.queue = deque()
+
+    def add(self, reason, where, detail=""):
+        self.queue.append(("skip", (reason, detail), where))
+
+
+def read_units(sources, inputs, args):
+    skips = QueuedSkips()
+    for kind, path in zip(sources, inputs):
+        for unit in read_source(kind, path, skips, args):
+            while skips.queue:
+                yield skips.queue.popleft()
+            yield unit
+        while skips.queue:
+            yield skips.queue.popleft()
 
 
 # -----------------------------------------------------------------------------
@@ -332,14 +458,14 @@ def download(name, dest, urlopen=urllib.request.urlopen):
 
 
 # -----------------------------------------------------------------------------
-# tokenizing in a pool, writing in order
+# parsing and tokenizing in a pool, writing in order
 
-_tok, _dtype = None, None
+_tok, _dtype, _opts = None, None, None
 
 
-def _init_worker(tokenizer_path, dtype):
-    global _tok, _dtype
-    _tok, _dtype = Tokenizer(tokenizer_path), dtype
+def _init_worker(tokenizer_path, dtype, opts):
+    global _tok, _dtype, _opts
+    _tok, _dtype, _opts = Tokenizer(tokenizer_path), dtype, opts
 
 
 def _encode_chunk(texts):
@@ -347,7 +473,44 @@ def _encode_chunk(texts):
     # BOS as the tokenizer's convention has it (LLaMA yes, SmolLM2 no); EOS always ends a document
     ids = _tok.encode_batch(texts, bos=_tok.add_bos, eos=True, num_threads=1)  # parallelism comes from the processes
     lengths = np.array([len(x) for x in ids], dtype=np.int64)
-    return np.array(list(chain.from_iterable(ids)), dtype=_dtype), lengths
+    return np.fromiter(chain.from_iterable(ids), dtype=_dtype, count=int(lengths.sum())), lengths
+
+
+def _events(kind, payload, where):
+    """One unit -> events ("doc", key, text, where) / ("skip", reason, where, detail)."""
+    if kind == "doc":
+        return [("doc", *payload, where)]
+    if kind == "skip":
+        return [("skip", payload[0], where, payload[1])]
+    if kind.endswith("_file"):  # loose files are read here, not in the main process
+        kind = kind[:-len("_file")]
+        try:
+            with (gzip.open if payload.endswith(".gz") else open)(payload, "rb") as f:
+                payload = f.read()
+        except (OSError, EOFError, zlib.error) as e:
+            return [("skip", "unreadable_file", where, f"{type(e).__name__}: {e}")]
+    try:
+        if kind == "xml":
+            return list(cf.jats_events(payload, where, _opts["require_pmc_id"], _opts["skip_article_types"]))
+        if kind == "s2orc_api":
+            return list(cf.s2orc_api_events(payload, where, _opts["require_pmc_id"]))
+        return list(cf.bioc_events(payload, where, _opts["require_pmc_id"]))
+    except Exception as e:  # pathological input (nesting deeper than the recursion limit...) ends no long run
+        return [("skip", "parse_error", where, f"{type(e).__name__}: {e}")]
+
+
+def _work_chunk(units):
+    """Parse and tokenize a chunk of units -> (events without texts, ids concatenated, lengths), in unit order."""
+    events, texts = [], []
+    for unit in units:
+        for ev in _events(*unit):
+            if ev[0] == "doc" and not ev[2].strip():
+                ev = ("skip", "empty", ev[3], "")
+            if ev[0] == "doc":
+                texts.append(ev[2])
+                ev = ("doc", ev[1], ev[3])
+            events.append(ev)
+    return (events, *_encode_chunk(texts))
 
 
 def split_of(key, seed, val_fraction):
@@ -356,34 +519,58 @@ def split_of(key, seed, val_fraction):
     return "val" if int.from_bytes(h, "little") / 2**64 < val_fraction else "train"
 
 
-def chunked(it, n):
-    buf = []
-    for x in it:
-        buf.append(x)
-        if len(buf) == n:
+def chunked(units, n, max_bytes=4 << 20):
+    """Chunks of n units, or fewer when their payloads reach max_bytes (tar members, JSON lines)."""
+    buf, size = [], 0
+    for u in units:
+        buf.append(u)
+        size += len(u[1]) if isinstance(u[1], bytes) else 0
+        if len(buf) == n or size >= max_bytes:
             yield buf
-            buf = []
+            buf, size = [], 0
     if buf:
         yield buf
 
 
-def tokenized_chunks(docs, tokenizer_path, dtype, workers, chunk_docs=64):
-    """Yield (chunk of (key, text, where), (ids, lengths)) in input order, at most 4 * workers chunks in flight."""
+def processed_chunks(units, tokenizer_path, dtype, workers, opts, chunk_units=64):
+    """Yield _work_chunk's results in input order, at most 4 * workers chunks in flight (the units themselves are
+    not kept here once sent)."""
     if workers <= 1:
-        _init_worker(tokenizer_path, dtype)
-        for chunk in chunked(docs, chunk_docs):
-            yield chunk, _encode_chunk([d[1] for d in chunk])
+        _init_worker(tokenizer_path, dtype, opts)
+        for chunk in chunked(units, chunk_units):
+            yield _work_chunk(chunk)
         return
-    with get_context("spawn").Pool(workers, _init_worker, (tokenizer_path, dtype)) as pool:
+    with get_context("spawn").Pool(workers, _init_worker, (tokenizer_path, dtype, opts)) as pool:
         inflight = deque()
-        for chunk in chunked(docs, chunk_docs):
-            inflight.append((chunk, pool.apply_async(_encode_chunk, ([d[1] for d in chunk],))))
+        for chunk in chunked(units, chunk_units):
+            inflight.append(pool.apply_async(_work_chunk, (chunk,)))
             if len(inflight) >= 4 * workers:
-                c, r = inflight.popleft()
-                yield c, r.get()
+                yield inflight.popleft().get()
         while inflight:
-            c, r = inflight.popleft()
-            yield c, r.get()
+            yield inflight.popleft().get()
+
+
+PMC_KEY = re.compile(r"PMC[1-9]\d{0,8}")  # cf.pmc_id's normal form
+
+
+class SeenPMC:
+    """PMC ids already written, one bit each: PMC ids are dense numbers (under 13M in 2026: 1.6 MB)."""
+
+    def __init__(self):
+        self.bits = bytearray()
+
+    def add(self, key):
+        """False when key is a PMC id seen before; True (and remembered) otherwise, and for keys of other kinds."""
+        if not PMC_KEY.fullmatch(key):
+            return True
+        n = int(key[3:])
+        i, bit = n >> 3, 1 << (n & 7)
+        if i >= len(self.bits):
+            self.bits.extend(bytes(i + 1 - len(self.bits) + (1 << 16)))
+        if self.bits[i] & bit:
+            return False
+        self.bits[i] |= bit
+        return True
 
 
 def prepare(args):
@@ -402,8 +589,9 @@ def prepare(args):
     dtype = np.uint16 if tok.vocab_size <= 2**16 else np.uint32
     os.makedirs(args.out_dir, exist_ok=True)
 
-    skips = Skips()
-    docs = (d for kind, path in zip(sources, args.input) for d in read_source(kind, path, skips, args))
+    skips, seen = Skips(), SeenPMC()
+    units = read_units(sources, args.input, args)
+    opts = {"require_pmc_id": args.require_pmc_id, "skip_article_types": frozenset(args.skip_article_types)}
     paths = {s: os.path.join(args.out_dir, s) for s in ("train", "val")}
     bins = {s: open(p + ".bin.tmp", "wb") for s, p in paths.items()}
     idxs = {s: open(p + ".idx.tmp", "wb") for s, p in paths.items()}
@@ -412,22 +600,28 @@ def prepare(args):
     for f in idxs.values():
         f.write(np.zeros(1, np.int64).tobytes())
     t0 = time.time()
-    bar = tqdm(unit="doc", desc="tokenizing", dynamic_ncols=True, disable=args.quiet)
-    for chunk, (ids, lengths) in tokenized_chunks(docs, tok.path, dtype, args.workers):
-        ends = np.cumsum(lengths)
-        for (key, text, where), end, n in zip(chunk, ends.tolist(), lengths.tolist()):
-            if not text.strip():
-                skips.add("empty", where)
+    bar = tqdm(unit="doc", desc="parsing + tokenizing", dynamic_ncols=True, disable=args.quiet)
+    for events, ids, lengths in processed_chunks(units, tok.path, dtype, args.workers, opts):
+        ends, j = np.cumsum(lengths).tolist(), 0
+        for ev in events:
+            if ev[0] == "skip":
+                skips.add(*ev[1:])
                 continue
+            _, key, where = ev
+            end, n = ends[j], int(lengths[j])
+            j += 1
+            bar.update(1)
             if n - 2 < args.min_tokens:
                 skips.add("too_short", where, f"{n - 2} tokens")
+                continue
+            if not seen.add(key):  # after the checks above: the first occurrence that is a document wins
+                skips.add("duplicate_pmc_id", where, key)
                 continue
             s = split_of(key, args.seed, args.val_fraction)
             bins[s].write(ids[end - n:end].tobytes())
             offset[s] += n
             ndocs[s] += 1
             idxs[s].write(np.int64(offset[s]).tobytes())
-        bar.update(len(chunk))
         bar.set_postfix(tokens=f"{sum(offset.values()):,}", refresh=False)
     bar.close()
     for f in (*bins.values(), *idxs.values()):
@@ -442,7 +636,8 @@ def prepare(args):
         "sources": [{"kind": k, "path": os.path.abspath(p)} for k, p in zip(sources, args.input)],
         "skipped": dict(sorted(skips.counts.items())), "skipped_examples": skips.examples,
         "val_fraction": args.val_fraction, "seed": args.seed, "min_tokens": args.min_tokens,
-        "require_pmc_id": args.require_pmc_id, "elapsed_s": round(elapsed, 2),
+        "require_pmc_id": args.require_pmc_id, "skip_article_types": sorted(args.skip_article_types),
+        "elapsed_s": round(elapsed, 2),
     }
     if dtype == np.uint32:
         meta["note"] = f"vocab_size {tok.vocab_size} > 65,536: token ids stored as uint32"
@@ -483,7 +678,11 @@ def parse_args(argv=None):
     p.add_argument("--doc_chars", type=int, default=0,
                    help="text: cut each file into documents of about this many characters at blank lines (0: whole)")
     p.add_argument("--require_pmc_id", type=lambda s: s.lower() in ("1", "true", "yes"), default=True,
-                   help="s2orc: keep only papers with a PubMed Central id (the paper's filter)")
+                   help="s2orc, pmc_xml, bioc: keep only papers with a PubMed Central id (the paper's filter)")
+    p.add_argument("--skip_article_types", type=lambda s: [t.strip().lower() for t in s.split(",") if t.strip()],
+                   default=list(cf.NOT_PAPERS),
+                   help=f"pmc_xml: article-type values that are not papers, comma-separated ('' keeps all); "
+                        f"default {','.join(cf.NOT_PAPERS)}")
     p.add_argument("--exclude_ids", help="pubmedqa: JSON file whose keys are ids to leave out (test_ground_truth.json)")
     p.add_argument("--download", help=f"first fetch a public set into the first --input folder: {', '.join(DOWNLOADS)}")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
