@@ -50,3 +50,25 @@ def make_hf_with_tokenizer(path, **overrides):
     make_hf_llama(path, **{**cfg, **overrides})
     shutil.copy(data_path("tokenizer", "llama_tokenizer.model"), os.path.join(path, "tokenizer.model"))
     return str(path)
+
+
+def torchrun(nproc, script, *args):
+    """`torchrun --standalone` for a local multi-process run: its rendezvous binds a free port itself, so parallel
+    tests never race for one (a port probed free and bound later can be taken in between)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", script, *args]
+
+
+def wait_for(condition, timeout, what, proc=None, interval=0.05):
+    """Poll condition() until it holds; fail with `what` after timeout seconds, or at once if proc has exited."""
+    import time
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc is not None and proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"{what}: the process exited with {proc.returncode} first\n{out[-2000:]}\n{err[-3000:]}")
+        if time.monotonic() > deadline:
+            if proc is not None:
+                proc.kill()
+                proc.communicate()
+            pytest.fail(f"{what}: not within {timeout} s")
+        time.sleep(interval)

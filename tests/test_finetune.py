@@ -6,8 +6,8 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, make_hf_with_tokenizer
-from test_train import ENV, ENV_DIST, free_port
+from conftest import ROOT, make_hf_with_tokenizer, torchrun
+from test_train import ENV, ENV_DIST
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +20,7 @@ def finetune(config, out_dir, base, *extra, nproc=1):
     if nproc == 1:
         cmd = [sys.executable, "finetune_qa.py", *args]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-               f"--master_port={free_port()}", "finetune_qa.py", *args]
+        cmd = torchrun(nproc, "finetune_qa.py", *args)
     r = subprocess.run(cmd, cwd=ROOT, env=ENV if nproc == 1 else ENV_DIST, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
