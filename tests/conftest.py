@@ -1,5 +1,6 @@
 import os
 import sys
+import time
 
 import pytest
 import torch
@@ -60,7 +61,6 @@ def torchrun(nproc, script, *args):
 
 def wait_for(condition, timeout, what, proc=None, interval=0.05):
     """Poll condition() until it holds; fail with `what` after timeout seconds, or at once if proc has exited."""
-    import time
     deadline = time.monotonic() + timeout
     while not condition():
         if proc is not None and proc.poll() is not None:

@@ -125,20 +125,27 @@ def test_qa_batches_labels_are_the_answer_ids_and_padding_is_masked():
         n_ans = len(e.answer)
         expect[tuple(ids)] = [ids[t + 1] if t + 1 >= len(ids) - n_ans else -100 for t in range(len(ids) - 1)] + [-100]
     c = SimpleNamespace(seed=5, global_batch_size=4, micro_batch_size=2, grad_accum=2)
-    data = QABatches(encoded, c, 0, 1, pad_id=0)
+    pad = 2  # not 0: padding must be the pad id, not whatever a fresh tensor holds
+    data = QABatches(encoded, c, 0, 1, pad_id=pad)
     assert data.steps_per_epoch == 3
-    seen, pad_rows = [], 0
-    for step in range(3):
-        for x, y in data.micro_batches(1, step):
-            assert x.shape == y.shape and x.shape[0] == 2
-            for row_x, row_y in zip(x.tolist(), y.tolist()):
-                n = sum(t != 0 for t in row_x)
-                assert row_x[n:] == [0] * (len(row_x) - n) and row_y[n:] == [-100] * (len(row_y) - n)  # padding
-                if n == 0:  # the epoch's last step is short of one example: an all-padding row
-                    pad_rows += 1
-                    continue
-                ids = tuple(row_x[:n])
-                assert row_y[:n] == expect[ids]
-                seen.append(ids)
-            assert (x[y != -100] != 0).all()  # no label ever sits on a padding position
-    assert sorted(seen) == sorted(expect) and pad_rows == 1
+    orders = []
+    for epoch in (0, 1):
+        seen, pad_rows = [], 0
+        for step in range(3):
+            for x, y in data.micro_batches(epoch, step):
+                assert x.shape == y.shape and x.shape[0] == 2
+                for row_x, row_y in zip(x.tolist(), y.tolist()):
+                    n = sum(t != pad for t in row_x)
+                    assert row_x[n:] == [pad] * (len(row_x) - n) and row_y[n:] == [-100] * (len(row_y) - n)
+                    if n == 0:  # the epoch's last step is short of one example: an all-padding row
+                        pad_rows += 1
+                        continue
+                    ids = tuple(row_x[:n])
+                    assert row_y[:n] == expect[ids]
+                    seen.append(ids)
+                assert (x[y != -100] != pad).all()  # no label ever sits on a padding position
+        assert sorted(seen) == sorted(expect) and pad_rows == 1
+        orders.append(seen)
+    assert orders[0] != orders[1]  # shuffled afresh each epoch ...
+    again = QABatches(encoded, c, 0, 1, pad_id=pad)  # ... from (seed, epoch) alone: a resumed run sees the same
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(data.micro_batches(1, 2), again.micro_batches(1, 2)))

@@ -44,18 +44,16 @@ def test_greedy_and_top_1_are_the_argmax():
     assert draws(LOGITS, 100, temperature=1.0, top_k=1).unique(dim=1).tolist() == [[1], [4]]
 
 
-def test_generate_uses_top_k_and_temperature():
+def test_generate_passes_top_k_and_temperature_on():
     torch.manual_seed(0)
     m = Transformer(ModelArgs(dim=32, n_layers=2, n_heads=4, vocab_size=64, intermediate_size=64, max_seq_len=64))
-    m.init_weights()
-    with torch.no_grad():
-        m.lm_head.weight.mul_(200)  # peaked next-token distributions: greedy is well defined
+    m.init_weights()  # near-uniform next-token distributions: sampling rarely follows the greedy path
     prompt = torch.tensor([[1, 5, 9, 13]])
     greedy = m.generate(prompt, 20)
     top1 = m.generate(prompt, 20, temperature=1.0, top_k=1, generator=torch.Generator().manual_seed(1))
     assert top1.tolist() == greedy.tolist()  # top_k=1 sampling is greedy decoding
-    hot = m.generate(prompt, 20, temperature=100.0, generator=torch.Generator().manual_seed(1))
-    assert hot.tolist() != greedy.tolist()  # sampled at a high temperature: not the greedy path
+    free = m.generate(prompt, 20, temperature=1.0, generator=torch.Generator().manual_seed(1))
+    assert free.tolist() != greedy.tolist()  # the same sampling without top_k: not the greedy path
 
 
 def test_init_standard_deviations_per_layer():
