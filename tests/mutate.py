@@ -77,7 +77,8 @@ MUTANTS = [
       "keep = torch.ones_like(valid[:, None], dtype=h.dtype)",
       T_MODEL + "test_chunked_linear_cross_entropy_matches_full_logits", "-100 rows get gradients"),
     # weights.py
-    M("export_kv_heads", "weights.py", '"num_key_value_heads": args.n_kv_heads,', '"num_key_value_heads": args.n_heads,',
+    M("export_kv_heads", "weights.py", '"num_key_value_heads": args.n_kv_heads,',
+      '"num_key_value_heads": args.n_heads,',
       T_MODEL + "test_export_roundtrip_loads_in_transformers", "HF export forgets grouped-query attention"),
     # lora.py
     M("lora_scale_inverted", "lora.py", "else alpha / r", "else r / alpha", "tests/test_lora.py", "scale r / alpha"),
@@ -157,7 +158,8 @@ MUTANTS = [
       "max(len(c) for c in conts) - max_len", T_EVAL + "test_too_long_prompt_keeps_bos_and_every_answer",
       "prompts cut one token too many"),
     M("one_pass_wrong_position", "eval_qa.py", "last = torch.tensor([len(items[i][0]) - 1 for i in rows]",
-      "last = torch.tensor([len(items[i][0]) - 2 for i in rows]", T_EVAL + "test_scores_match_a_transformers_computation",
+      "last = torch.tensor([len(items[i][0]) - 2 for i in rows]",
+      T_EVAL + "test_scores_match_a_transformers_computation",
       "scores read one position early"),
     # prepare_corpus.py
     M("corpus_no_eos", "prepare_corpus.py", "bos=True, eos=True, num_threads=1", "bos=True, eos=False, num_threads=1",
@@ -198,7 +200,7 @@ def main(argv=None):
     stale = [f"{m.name}: {m.file} holds the snippet {n} times: {m.old!r}" for m in chosen
              if (n := open(os.path.join(ROOT, m.file)).read().count(m.old)) != 1]
     if stale:
-        raise SystemExit("mutants out of date with the code (each snippet must occur exactly once):\n" + "\n".join(stale))
+        raise SystemExit("mutants out of date with the code (a snippet must occur exactly once):\n" + "\n".join(stale))
     if a.list:
         for m in chosen:
             print(f"{m.name:<28} {m.file:<18} {m.doc}  [{m.tests}]")
@@ -237,7 +239,8 @@ def main(argv=None):
             if status != "killed":
                 print("    " + "\n    ".join(lines[-15:]))
             else:  # by which test, or why
-                print("    " + next((l for l in lines if l.startswith(("FAILED", "ERROR"))), lines[-1] if lines else "")[:150])
+                why = next((l for l in lines if l.startswith(("FAILED", "ERROR"))), lines[-1] if lines else "")
+                print("    " + why[:150])
     killed = results.count("killed")
     print(f"{killed}/{len(results)} mutants killed in {time.perf_counter() - t_start:.0f} s")
     return 0 if killed == len(results) else 1

@@ -212,7 +212,8 @@ def test_rigged_model_accuracy_is_exact(tmp_path, sp_tok):
     n = len(cues)
     for name, keys, k in (("right", cues, n), ("reversed", [(c + 2) % 4 for c in cues], 0),
                           ("five", [c if i < 5 else (c + 1) % 4 for i, c in enumerate(cues)], 5)):
-        res, rows = eval_qa.evaluate_bench(model, tok, eval_settings(), "usmle", usmle_file(tmp_path / name, cues, keys))
+        path = usmle_file(tmp_path / name, cues, keys)
+        res, rows = eval_qa.evaluate_bench(model, tok, eval_settings(), "usmle", path)
         assert [r["pred"] for r in rows] == cues, name  # the named colour's letter wins every question
         assert [r["correct"] for r in rows] == [c == g for c, g in zip(cues, keys)]
         assert res["n"] == n and res["acc"] == k / n and res["acc_norm"] == k / n, (name, res["acc"])
@@ -227,7 +228,7 @@ def test_acc_norm_divides_by_choice_length(tmp_path, sp_tok, monkeypatch):
     _, tok = sp_tok
     questions = {"q1": ([-4.4, -3.0, -5.4], "maybe"),  # raw: no (-3.0);  per character: maybe (-0.9)
                  "q2": ([-1.0, -3.0, -9.0], "yes"),  # raw and per character: yes
-                 "q3": ([-5.0, -100.0, -8.0], "yes")}  # per character with the space: yes (-1.25 > -1.33); without: maybe
+                 "q3": ([-5.0, -100.0, -8.0], "yes")}  # per character: yes (-1.25 > -1.33); without the space: maybe
     recs = {q: {"QUESTION": f"Question {q}?", "CONTEXTS": ["Some context."], "final_decision": d}
             for q, (_, d) in questions.items()}
     (tmp_path / "ori_pqal.json").write_text(json.dumps(recs))

@@ -22,9 +22,10 @@ def models(tmp_path):
     return hf, ours, tmp_path
 
 
-def peft_model(hf):
+def peft_model(hf, r=8, alpha=8, dropout=0.0, rslora=False):
     from peft import LoraConfig, get_peft_model
-    cfg = LoraConfig(r=8, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, use_rslora=rslora,
+                     target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
     return get_peft_model(copy.deepcopy(hf), cfg).eval()
 
 
@@ -146,17 +147,15 @@ def base(tmp_path_factory):
 
 def lora_pair(base, r, alpha, rslora, dropout=0.0):
     """Our LoRA model and PEFT's on the same base, with the same random (non-zero) A and B."""
-    from peft import LoraConfig, get_peft_model
     hf, path = base
     ours = load_hf(path)
     apply_lora(ours, r=r, alpha=alpha, dropout=dropout, use_rslora=rslora)
+    g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for n, p in ours.named_parameters():
             if "lora_B" in n:
-                p.normal_(0, 0.2, generator=torch.Generator().manual_seed(len(n)))
-    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, use_rslora=rslora,
-                     target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
-    pm = get_peft_model(copy.deepcopy(hf), cfg).eval()
+                p.normal_(0, 0.2, generator=g)
+    pm = peft_model(hf, r, alpha, dropout, rslora)
     copy_ours_into_peft(ours, pm)
     return ours, pm
 
