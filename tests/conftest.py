@@ -72,3 +72,13 @@ def wait_for(condition, timeout, what, proc=None, interval=0.05):
                 proc.communicate()
             pytest.fail(f"{what}: not within {timeout} s")
         time.sleep(interval)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for a test of toy-sized tensors: with two threads on two busy cores, each tiny op can wait
+    on a descheduled worker (a 2-layer, 16-wide model's step measured 0.75 s instead of 1 ms)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -248,6 +248,7 @@ class CharTokenizer:
         return [ord(ch) + 3 for ch in s]
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_too_long_prompt_keeps_bos_and_every_answer():
     tok = CharTokenizer()
     choices = [" yes", " no", " maybe not"]  # the longest continuation: 10 tokens

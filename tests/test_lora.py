@@ -10,6 +10,9 @@ from lora import (LoRALinear, apply_lora, adapter_config, load_adapter, mark_onl
 from weights import load_hf
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # toy-sized models
+
+
 @pytest.fixture
 def models(tmp_path):
     hf = make_hf_llama(tmp_path / "hf", num_key_value_heads=2)

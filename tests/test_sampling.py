@@ -6,6 +6,7 @@ import torch
 
 from model import ModelArgs, Transformer, sample_next
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 V = 12
 LOGITS = torch.tensor([[0.3, 2.0, -1.0, 1.5, 0.0, 1.9, -0.5, 0.7, 1.0, -2.0, 0.2, 1.2],  # top 4: 1, 5, 3, 11
                        [1.0, -1.0, 0.5, 0.0, 2.5, 0.1, 2.4, -0.3, 0.9, 0.6, 2.2, -1.5]])  # top 4: 4, 6, 10, 0

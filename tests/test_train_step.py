@@ -14,6 +14,7 @@ import torch.distributed as dist
 import train
 from model import ModelArgs, Transformer
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 ARGS = ModelArgs(dim=16, n_layers=2, n_heads=2, n_kv_heads=1, vocab_size=64, intermediate_size=32, max_seq_len=16)
 
 
