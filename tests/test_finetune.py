@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, data_path, make_hf_with_tokenizer, torchrun
+from conftest import ROOT, data_path, make_hf_with_tokenizer, run_fresh_multiprocess, torchrun
 from test_train import ENV, ENV_DIST
 
 
@@ -18,11 +18,11 @@ def base(tmp_path_factory):
 def finetune(config, out_dir, base, *extra, nproc=1):
     args = [config, f"--init_from={base}", f"--out_dir={out_dir}", "--device=cpu", *extra]
     if nproc == 1:
-        cmd = [sys.executable, "finetune_qa.py", *args]
-    else:
-        cmd = torchrun(nproc, "finetune_qa.py", *args)
-    r = subprocess.run(cmd, cwd=ROOT, env=ENV if nproc == 1 else ENV_DIST, capture_output=True, text=True,
-                       timeout=300)
+        r = subprocess.run([sys.executable, "finetune_qa.py", *args], cwd=ROOT, env=ENV, capture_output=True,
+                           text=True, timeout=300)
+    else:  # multi-process runs here start in a fresh out_dir
+        r = run_fresh_multiprocess(torchrun(nproc, "finetune_qa.py", *args), out_dir, cwd=ROOT, env=ENV_DIST,
+                                   capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
     return r
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import prepare_corpus as pc
-from conftest import ROOT, data_path, torchrun, wait_for
+from conftest import ROOT, data_path, run_fresh_multiprocess, torchrun, wait_for
 
 TINY = ["--init_from=scratch", "--dim=32", "--n_layers=2", "--n_heads=4", "--n_kv_heads=2", "--intermediate_size=64",
         "--block_size=64", "--micro_batch_size=2", "--global_batch_size=8", "--dtype=float32", "--learning_rate=3e-3",
@@ -30,10 +30,11 @@ def corpus(tmp_path_factory):
 def train(out_dir, corpus, *extra, nproc=1, check=True):
     args = [f"--out_dir={out_dir}", f"--data_dir={corpus}", *TINY, *extra]
     if nproc == 1:
-        cmd = [sys.executable, "train.py", *args]
-    else:
-        cmd = torchrun(nproc, "train.py", *args)
-    r = subprocess.run(cmd, cwd=ROOT, env=ENV if nproc == 1 else ENV_DIST, capture_output=True, text=True, timeout=180)
+        r = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                           timeout=180)
+    else:  # multi-process runs here start from scratch in a fresh out_dir
+        r = run_fresh_multiprocess(torchrun(nproc, "train.py", *args), out_dir, cwd=ROOT, env=ENV_DIST,
+                                   capture_output=True, text=True, timeout=180)
     if check and r.returncode != 0:
         raise AssertionError(r.stdout[-3000:] + r.stderr[-5000:])
     return r
