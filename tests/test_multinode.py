@@ -16,7 +16,15 @@ import time
 import pytest
 
 from conftest import ROOT
-from test_train import ENV_DIST, TINY, corpus, free_port, losses, train  # noqa: F401  (corpus: a fixture)
+from test_train import ENV_DIST, TINY, corpus, losses, train  # noqa: F401  (corpus: a fixture)
+
+
+def free_port():
+    """A port for the two agents' shared c10d endpoint (both must be told it; --standalone cannot serve two)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 SCHEDULE = "--lr_decay_iters=12"  # every run below shares the reference's 12-step warmup + cosine schedule
 

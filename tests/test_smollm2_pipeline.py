@@ -9,8 +9,8 @@ import sys
 import numpy as np
 
 import prepare_corpus as pc
-from conftest import ROOT, data_path
-from test_train import ENV, ENV_DIST, free_port
+from conftest import ROOT, data_path, torchrun
+from test_train import ENV, ENV_DIST
 
 SMALL = ["--device=cpu", "--dtype=float32", "--log_interval=1", "--eval_interval=0", "--ckpt_interval=0",
          "--warmup_iters=1"]
@@ -37,7 +37,7 @@ def test_smollm2_end_to_end(tmp_path, smollm2_gguf):
     assert first[0] != tok.bos_id and first[-1] == tok.eos_id  # SmolLM2's convention: no BOS, EOS ends a document
 
     pre = tmp_path / "pre"
-    run("-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", "train.py",
+    run(*torchrun(2, "train.py")[1:],
         f"--init_from={smollm2_gguf}", f"--data_dir={corpus}", f"--out_dir={pre}", "--block_size=64",
         "--micro_batch_size=2", "--global_batch_size=4", "--max_iters=3", "--learning_rate=1e-4",
         "--export_dtype=float32", *SMALL, env=ENV_DIST)

@@ -42,7 +42,7 @@ def test_sample_cli_greedy_matches_transformers(tmp_path, tokenizer_path):
     prompt = "Aspirin inhibits"
     r = subprocess.run([sys.executable, "sample.py", f"--init_from={path}", f"--prompt={prompt}",
                         "--max_new_tokens=12", "--temperature=0", "--device=cpu", "--dtype=float32"],
-                       cwd=ROOT, capture_output=True, text=True, check=True)
+                       cwd=ROOT, capture_output=True, text=True, check=True, timeout=120)
     assert "tokens/s" in r.stderr
     tok = Tokenizer(path)
     hf = LlamaForCausalLM.from_pretrained(path).eval()
@@ -58,9 +58,9 @@ def test_sample_cli_empty_prompt_and_sampling(tmp_path, tokenizer_path):
     path = _hf_with_tokenizer(tmp_path, tokenizer_path)
     cmd = [sys.executable, "sample.py", f"--init_from={path}", "--prompt=", "--max_new_tokens=5",
            "--temperature=1.0", "--top_k=50", "--seed=3", "--device=cpu", "--num_samples=2"]
-    a = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    b = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    a = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True, timeout=120).stdout
+    b = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True, timeout=120).stdout
     assert a == b and a.count("---------------") == 2  # seeded: reproducible
     bad = subprocess.run([sys.executable, "sample.py", "--init_from=x", "--tempreature=0"], cwd=ROOT,
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "unknown config key --tempreature" in bad.stderr

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import prepare_corpus as pc
-from conftest import ROOT, data_path
+from conftest import ROOT, data_path, run_fresh_multiprocess, torchrun, wait_for
 
 TINY = ["--init_from=scratch", "--dim=32", "--n_layers=2", "--n_heads=4", "--n_kv_heads=2", "--intermediate_size=64",
         "--block_size=64", "--micro_batch_size=2", "--global_batch_size=8", "--dtype=float32", "--learning_rate=3e-3",
@@ -27,21 +27,14 @@ def corpus(tmp_path_factory):
     return str(out)
 
 
-def free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def train(out_dir, corpus, *extra, nproc=1, check=True):
     args = [f"--out_dir={out_dir}", f"--data_dir={corpus}", *TINY, *extra]
     if nproc == 1:
-        cmd = [sys.executable, "train.py", *args]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-               f"--master_port={free_port()}", "train.py", *args]
-    r = subprocess.run(cmd, cwd=ROOT, env=ENV if nproc == 1 else ENV_DIST, capture_output=True, text=True, timeout=180)
+        r = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                           timeout=180)
+    else:  # multi-process runs here start from scratch in a fresh out_dir
+        r = run_fresh_multiprocess(torchrun(nproc, "train.py", *args), out_dir, cwd=ROOT, env=ENV_DIST,
+                                   capture_output=True, text=True, timeout=180)
     if check and r.returncode != 0:
         raise AssertionError(r.stdout[-3000:] + r.stderr[-5000:])
     return r
@@ -94,16 +87,17 @@ train.main(sys.argv[1:])
 
 def test_sigterm_checkpoints_and_resume_continues_exactly(tmp_path, corpus):
     import signal
-    import time
     args = [f"--out_dir={tmp_path / 'run'}", f"--data_dir={corpus}", *TINY, "--max_iters=200", "--ckpt_interval=0"]
     p = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     log = tmp_path / "run" / "log.jsonl"
-    while not (log.exists() and len(log.read_text().splitlines()) >= 3):
-        assert p.poll() is None, p.communicate()
-        time.sleep(0.05)
+    wait_for(lambda: log.exists() and len(log.read_text().splitlines()) >= 3, 120, "3 logged iterations", proc=p)
     p.send_signal(signal.SIGTERM)
-    out, err = p.communicate(timeout=60)
+    try:
+        out, err = p.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        raise
     assert p.returncode == 0 and "preempted: checkpoint saved at iteration" in out
     from train import latest_checkpoint
     k = int(latest_checkpoint(str(tmp_path / "run")).rsplit("-", 1)[1])
@@ -117,7 +111,8 @@ def test_sigterm_checkpoints_and_resume_continues_exactly(tmp_path, corpus):
 
 def test_sigkill_during_checkpoint_write_keeps_previous(tmp_path, corpus):
     args = [f"--out_dir={tmp_path / 'run'}", f"--data_dir={corpus}", *TINY, "--max_iters=6", "--ckpt_interval=2"]
-    r = subprocess.run([sys.executable, "-c", KILL_IN_CKPT, *args], cwd=ROOT, env=ENV, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-c", KILL_IN_CKPT, *args], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                       timeout=180)
     assert r.returncode == -9
     names = sorted(os.listdir(tmp_path / "run"))
     assert "ckpt-00000002" in names and "ckpt-00000004.tmp" in names and "ckpt-00000004" not in names
