@@ -189,7 +189,7 @@ class CueModel(torch.nn.Module):
 
 def eval_settings(**kw):
     return SimpleNamespace(**{"limit": 0, "shots": 0, "method": "loglik", "batch_size": 4, "device": "cpu",
-                              "medmcqa_cop_base": 1, "init_from": "rigged", "lora": "", **kw})
+                              "medmcqa_cop_base": 1, "init_from": "rigged", "lora": "", "add_bos": None, **kw})
 
 
 def usmle_file(path, cues, keys):
@@ -242,7 +242,7 @@ def test_acc_norm_divides_by_choice_length(tmp_path, sp_tok, monkeypatch):
 
 
 class CharTokenizer:
-    bos_id = 1
+    bos_id, add_bos = 1, True
 
     def encode(self, s):
         return [ord(ch) + 3 for ch in s]
