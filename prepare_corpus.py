@@ -611,7 +611,7 @@ def prepare(args):
             end, n = ends[j], int(lengths[j])
             j += 1
             bar.update(1)
-            if n - 2 < args.min_tokens:
+            if n - 1 - tok.add_bos < args.min_tokens:  # text tokens: not BOS (if any) or EOS
                 skips.add("too_short", where, f"{n - 2} tokens")
                 continue
             if not seen.add(key):  # after the checks above: the first occurrence that is a document wins
