@@ -10,25 +10,11 @@ import shutil
 import tarfile
 
 import pytest
-import sentencepiece as spm
 
 import corpus_formats as cf
 import prepare_corpus as pc
 from conftest import data_path
-
-
-@pytest.fixture(scope="module")
-def sp():
-    return spm.SentencePieceProcessor(model_file=data_path("tokenizer", "llama_tokenizer.model"))
-
-
-def run(tmp_path, source, inputs, name="out", **kw):
-    argv = ["--source", *source.split(), "--input", *map(str, inputs), "--out_dir", str(tmp_path / name),
-            "--tokenizer", data_path("tokenizer", "llama_tokenizer.model"), "--val_fraction", "0", "--workers", "1",
-            "--quiet"]
-    for k, v in kw.items():
-        argv += [f"--{k}", str(v)]
-    return pc.main(argv), str(tmp_path / name)
+from test_prepare_corpus import run, sp  # noqa: F401  (sp: a fixture)
 
 
 def texts_of(out, sp, split="train"):
