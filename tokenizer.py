@@ -32,6 +32,7 @@ else EOS: harmless, every padded position is masked out of the loss and attentio
 writes an HF tokenizer folder that transformers loads to the same ids. `tokenizers` and `gguf` are
 imported only when a tokenizer.json or a .gguf is read (or a folder written).
 """
+import functools
 import importlib
 import json
 import os
@@ -56,7 +57,28 @@ def _need(module):
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        raise ImportError(f"this tokenizer format needs the `{module}` package: pip install {module}") from e
+        raise ImportError(f"this file format (tokenizer.json or .gguf) needs the `{module}` package: pip install {module}") from e
+
+
+def gguf_reader(path):
+    """llama.cpp's GGUFReader for path, shared by the tokenizer and weights.py: it parses every metadata field up
+    front (seconds for a 49k-token vocabulary), so a script that loads a GGUF's weights and its vocabulary parses
+    the file once. Cached per file version (path, mtime, size)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"GGUF file {path} does not exist")
+    st = os.stat(path)
+    return _gguf_reader(os.path.abspath(path), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=2)
+def _gguf_reader(path, mtime_ns, size):
+    gguf = _need("gguf")
+    try:
+        reader = gguf.GGUFReader(path)
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable GGUF file ({e})") from e
+    reader.path = path  # for error messages
+    return reader
 
 
 def find_tokenizer(path):
@@ -224,12 +246,8 @@ class Tokenizer:
         model "llama": sentencepiece-style vocabulary (tokens + scores + token_type, <0xNN> byte pieces),
         see `_sentencepiece_bpe`; `tokenizer.ggml.add_space_prefix` (default true) is add_dummy_prefix.
         """
-        gguf = _need("gguf")
         _need("tokenizers")
-        try:
-            fields = gguf.GGUFReader(self.path).fields
-        except Exception as e:
-            raise ValueError(f"{self.path}: not a readable GGUF file ({e})") from e
+        fields = gguf_reader(self.path).fields
 
         def key(name, default=KeyError):
             if f"tokenizer.ggml.{name}" in fields:

@@ -9,7 +9,6 @@ llama.cpp GGUF files; HF export. No transformers, and nothing from a checkpoint 
 Loading streams tensor by tensor into a model built on the meta device, so a 7B checkpoint never needs two copies in
 memory, and copies each process's own shard when the model is FSDP2-sharded (train.py).
 """
-import functools
 import json
 import math
 import os
@@ -21,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from model import ModelArgs, Transformer, rope_inv_freq
-from tokenizer import Tokenizer
+from tokenizer import Tokenizer, gguf_reader
 
 
 # -----------------------------------------------------------------------------
@@ -260,20 +259,6 @@ GGUF_NAMES = {  # llama.cpp's tensor names -> ours (HF's); blk.N.* -> model.laye
     "attn_output.weight": "self_attn.o_proj.weight", "ffn_gate.weight": "mlp.gate_proj.weight",
     "ffn_up.weight": "mlp.up_proj.weight", "ffn_down.weight": "mlp.down_proj.weight",
 }
-
-
-@functools.lru_cache(maxsize=2)
-def gguf_reader(path):
-    """gguf's reader parses every metadata field up front (~10 s for a 49k-token vocabulary): built once per file."""
-    try:
-        import gguf
-    except ImportError:
-        raise ImportError(f"{path} is a GGUF file: reading it needs llama.cpp's reader, `pip install gguf`") from None
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"GGUF file {path} does not exist")
-    reader = gguf.GGUFReader(path)
-    reader.path = path  # for error messages
-    return reader
 
 
 def gguf_value(reader, key, default=KeyError):
