@@ -57,7 +57,8 @@ def _need(module):
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        raise ImportError(f"this file format (tokenizer.json or .gguf) needs the `{module}` package: pip install {module}") from e
+        raise ImportError(f"this file format (tokenizer.json or .gguf) needs the `{module}` package: "
+                          f"pip install {module}") from e
 
 
 def gguf_reader(path):
