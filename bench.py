@@ -69,7 +69,8 @@ def machine():
         pass
     libs = [line.strip(" -") for line in torch.__config__.show().splitlines()
             if any(k in line for k in ("Math Kernel", "MKL-DNN", "oneDNN", "OpenBLAS", "CPU capability"))]
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+    return {"cpu": cpu, "cores": os.cpu_count(), "load_average": round(os.getloadavg()[0], 1),
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
             "math_libraries": libs, "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
@@ -110,9 +111,6 @@ def bench_corpus(cfg):
     import prepare_corpus as pc
     bio = os.path.join(cfg["data_root"], "biomed_corpus")
     tokenizer = os.path.join(cfg["data_root"], "tokenizer", "llama_tokenizer.model")
-    with open("/proc/cpuinfo") as f:
-        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown CPU")
-    print(f"{cpu}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} when starting")
     xml = cfg["corpus_format"] == "xml"
     with tempfile.TemporaryDirectory() as tmp:
         inputs, ndocs = {}, {}
@@ -562,7 +560,8 @@ def main(argv=None):
     if cfg["what"] not in benches:
         raise SystemExit(f"--what={cfg['what']}: known: {', '.join(benches)}")
     info = machine()
-    print(f"{info['cpu']} ({info['cores']} cores), torch {info['torch']}, {info['threads']} threads"
+    print(f"{info['cpu']} ({info['cores']} cores, load average {info['load_average']} when starting), "
+          f"torch {info['torch']}, {info['threads']} threads"
           + (f", GPU {info['gpu']}" if info["gpu"] else "") + "".join(f"\n  {lib}" for lib in info["math_libraries"]))
     results = {"what": cfg["what"], "machine": info, "results": benches[cfg["what"]](cfg)}
     path = cfg["out"] or f"bench_{cfg['what']}{'_compile' if cfg['compile'] else ''}.json"
