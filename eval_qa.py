@@ -31,8 +31,8 @@ from tqdm import tqdm
 import qa_data
 from configurator import configure, require
 from lora import load_adapter, merge_lora
-from weights import load_model
-from tokenizer import Tokenizer
+from tokenizer import TOKENIZER_PATHS, Tokenizer
+from weights import MODEL_PATHS, load_model
 
 bench = "pubmedqa"  # one or several, comma-separated: pubmedqa, medmcqa, usmle
 data = ""  # the benchmark file (with a single --bench); default: the official test split under data_root
@@ -291,9 +291,8 @@ def main(argv=None):
     from types import SimpleNamespace
     c = SimpleNamespace(**configure(dict(globals()), argv))  # a copy: the defaults stay untouched
     benches = [qa_data.check_bench(b.strip()) for b in c.bench.split(",") if b.strip()]
-    require(c.init_from, "init_from", "An HF LLaMA folder, a llama.cpp .gguf file or a train.py checkpoint folder "
-            "(train.py and finetune_qa.py write their HF export to out_dir/hf).")
-    require(c.tokenizer or c.init_from, "tokenizer", "A tokenizer.model, tokenizer.json, a folder or a .gguf.")
+    require(c.init_from, "init_from", MODEL_PATHS)
+    require(c.tokenizer or c.init_from, "tokenizer", TOKENIZER_PATHS)
     paths = {b: resolve_data(c, b, len(benches) == 1) for b in benches}
     model = load_for_eval(c)
     tok = Tokenizer(c.tokenizer or c.init_from)

@@ -22,8 +22,8 @@ import train
 from configurator import config_keys, configure, require
 from lora import (adapter_config, apply_lora, init_lora, lora_state_dict, mark_only_lora_as_trainable,
                   merged_state_dict, save_adapter)
-from weights import read_args, read_hf_config, save_hf
-from tokenizer import Tokenizer
+from tokenizer import TOKENIZER_PATHS, Tokenizer
+from weights import MODEL_PATHS, read_args, read_hf_config, save_hf
 
 # the training loop's settings and defaults, then fine-tuning's own
 globals().update({k: getattr(train, k) for k in config_keys(vars(train))})
@@ -92,9 +92,8 @@ def main(argv=None):
     torch.manual_seed(c.seed)
     resume = c.init_from == "resume"
     ckpt = train.resume_checkpoint(c.out_dir) if resume else None
-    require(ckpt or c.init_from, "init_from", train.MODEL_HINT)
-    c.tokenizer = require(c.tokenizer or (ckpt or c.init_from), "tokenizer", "A tokenizer.model, tokenizer.json, "
-                          "a folder holding one, or a .gguf; by default the one inside init_from.")
+    require(ckpt or c.init_from, "init_from", MODEL_PATHS)
+    c.tokenizer = require(c.tokenizer or (ckpt or c.init_from), "tokenizer", TOKENIZER_PATHS)
     tok = Tokenizer(c.tokenizer)
     c.tokenizer = tok.path
 

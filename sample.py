@@ -12,8 +12,8 @@ import time
 import torch
 
 from configurator import configure, require
-from weights import load_model
-from tokenizer import Tokenizer
+from tokenizer import TOKENIZER_PATHS, Tokenizer
+from weights import MODEL_PATHS, load_model
 
 init_from = ""  # HF folder, .gguf file or train.py checkpoint folder
 tokenizer = ""  # tokenizer.model / tokenizer.json / folder / .gguf; default: the one inside init_from
@@ -30,8 +30,8 @@ dtype = "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported
 
 def main(argv=None):
     cfg = configure(dict(globals()), argv)  # a copy: the defaults stay untouched
-    require(cfg["init_from"], "init_from", "An HF LLaMA folder, a llama.cpp .gguf file or a train.py checkpoint.")
-    require(cfg["tokenizer"] or cfg["init_from"], "tokenizer", "A tokenizer.model, tokenizer.json, folder or .gguf.")
+    require(cfg["init_from"], "init_from", MODEL_PATHS)
+    require(cfg["tokenizer"] or cfg["init_from"], "tokenizer", TOKENIZER_PATHS)
     torch.manual_seed(cfg["seed"])
     model = load_model(cfg["init_from"], dtype=getattr(torch, cfg["dtype"]), device=cfg["device"])
     tok = Tokenizer(cfg["tokenizer"] or cfg["init_from"])

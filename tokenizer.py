@@ -50,6 +50,9 @@ _PRE = {**dict.fromkeys(["gpt-2", "phi-2", "mpt", "olmo"], ["gpt2"]),
         **dict.fromkeys(["llama3", "llama-v3", "llama-bpe", "falcon3", "dbrx", "smaug-bpe"], [_SPLIT % "{1,3}"]),
         **dict.fromkeys(["qwen2", "deepseek-r1-qwen", "stablelm2"], [_SPLIT % ""])}
 _LLAMA3 = {"llama3", "llama-v3", "llama-bpe", "falcon3"}  # llama.cpp: a word found whole skips the merges; BOS on
+# what `tokenizer=` settings accept (the one-line error of a missing path)
+TOKENIZER_PATHS = ("It takes a tokenizer.model, a tokenizer.json, a folder holding one, or a .gguf; by default the one "
+                   "inside init_from.")
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6  # llama.cpp's token types
 
 

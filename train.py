@@ -28,7 +28,7 @@ from configurator import configure, require
 from kernels import linear_cross_entropy
 from model import ModelArgs, Transformer, preset
 from weights import (hf_config, is_dcp_checkpoint, load_state_dict_streaming, materialize, named_tensors, read_args,
-                     read_hf_config, save_hf, write_tokenizer)
+                     read_hf_config, save_hf, write_tokenizer, MODEL_PATHS)
 
 # -----------------------------------------------------------------------------
 # defaults (override with a configs/*.py file and --key=value)
@@ -468,11 +468,6 @@ def scratch_args(c, vocab_size):
                      vocab_size=vocab_size, intermediate_size=c.intermediate_size, max_seq_len=c.block_size)
 
 
-MODEL_HINT = ("It takes an HF LLaMA folder (config.json + safetensors), a llama.cpp .gguf file, or a train.py "
-              "checkpoint folder (out_dir/ckpt-N); train.py writes its HF export to out_dir/hf, e.g. "
-              "torchrun --nproc_per_node=8 train.py configs/pmc.py writes out/pmc_llama_7b/hf.")
-
-
 def main(argv=None):
     cfg = configure(dict(globals()), argv)  # a copy: the defaults stay untouched
     ctx = setup_distributed(cfg["device"])
@@ -483,7 +478,7 @@ def main(argv=None):
             "prepare_corpus.py writes it, e.g. python prepare_corpus.py --source=s2orc --input=/data/s2orc "
             f"--tokenizer=/models/llama-7b-hf --out_dir={c.data_dir} (README: The corpus)")
     if c.init_from not in ("scratch", "resume"):
-        require(c.init_from, "init_from", MODEL_HINT + " Or init_from=scratch / resume.")
+        require(c.init_from, "init_from", MODEL_PATHS + " Or init_from=scratch / resume.")
     with open(os.path.join(c.data_dir, "meta.json")) as f:
         meta = json.load(f)
     c.tokenizer = c.tokenizer or meta["tokenizer"]

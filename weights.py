@@ -22,6 +22,11 @@ import torch.nn as nn
 from model import ModelArgs, Transformer, rope_inv_freq
 from tokenizer import Tokenizer, gguf_reader
 
+# what every script's init_from accepts, and which command makes one (the one-line error of a missing path)
+MODEL_PATHS = ("It takes an HF LLaMA folder (config.json + safetensors), a llama.cpp .gguf file, or a train.py "
+               "checkpoint folder (out_dir/ckpt-N); train.py writes its HF export to out_dir/hf, e.g. "
+               "torchrun --nproc_per_node=8 train.py configs/pmc.py writes out/pmc_llama_7b/hf.")
+
 
 # -----------------------------------------------------------------------------
 # Hugging Face folders: config.json + model.safetensors (or sharded, or pytorch_model*.bin loaded weights_only)
