@@ -27,8 +27,8 @@ import torch.distributed as dist
 from configurator import configure, require
 from kernels import linear_cross_entropy
 from model import ModelArgs, Transformer, preset
-from weights import (hf_config, is_dcp_checkpoint, load_state_dict_streaming, materialize, named_tensors, read_args,
-                     read_hf_config, save_hf, write_tokenizer, MODEL_PATHS)
+from weights import (MODEL_PATHS, hf_config, is_dcp_checkpoint, load_state_dict_streaming, materialize, named_tensors,
+                     read_args, read_hf_config, save_hf, write_tokenizer)
 
 # -----------------------------------------------------------------------------
 # defaults (override with a configs/*.py file and --key=value)
