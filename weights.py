@@ -119,11 +119,6 @@ def read_hf_config(path):
         return args_from_hf_config(json.load(f), where=cp)
 
 
-def load_hf(path, dtype=torch.float32, device="cpu"):
-    """Build a Transformer from an HF LLaMA folder, tensor by tensor, straight into dtype on device."""
-    return load_model(path, dtype, device)
-
-
 def materialize(model, device, dtype=None):
     """Give a meta-device model (maybe FSDP-sharded) real, uninitialised storage on device, keeping tied weights
     tied (tensor swapping keeps each Parameter object, so a shared one stays shared), and build the rope tables."""

@@ -9,7 +9,7 @@ import torch
 import eval_qa
 import qa_data
 from conftest import data_path, make_hf_with_tokenizer
-from weights import load_hf
+from weights import load_model
 from tokenizer import Tokenizer
 
 
@@ -31,7 +31,7 @@ def test_scores_match_a_transformers_computation(hf_dir):
     hf = LlamaForCausalLM.from_pretrained(hf_dir).eval()
     sp = spm.SentencePieceProcessor(model_file=data_path("tokenizer", "llama_tokenizer.model"))
     tok = Tokenizer(hf_dir)
-    ours = load_hf(hf_dir)
+    ours = load_model(hf_dir)
     for bench, file in (("pubmedqa", ("pubmedqa", "ori_pqal.json")), ("medmcqa", ("medmcqa", "dev.json")),
                         ("usmle", ("medqa_usmle", "sample_200.jsonl"))):
         examples = qa_data.load(bench, data_path(*file), split="test", cop_base=1)[:6]
@@ -50,7 +50,7 @@ def test_scores_match_a_transformers_computation(hf_dir):
 
 def test_batching_and_shortcuts_do_not_change_scores(hf_dir):
     tok = Tokenizer(hf_dir)
-    ours = load_hf(hf_dir)
+    ours = load_model(hf_dir)
     examples = qa_data.load("medmcqa", data_path("medmcqa", "dev.json"), cop_base=1)[:10]
     examples += qa_data.load("pubmedqa", data_path("pubmedqa", "ori_pqal.json"), split="test")[:5]
     items = items_for(tok, examples)
@@ -118,7 +118,7 @@ def test_extract_answer():
 
 def test_lora_adapter_is_applied(hf_dir, tmp_path):
     from lora import adapter_config, apply_lora, save_adapter
-    m = load_hf(hf_dir)
+    m = load_model(hf_dir)
     apply_lora(m)
     with torch.no_grad():
         for n, p in m.named_parameters():
@@ -133,7 +133,7 @@ def test_lora_adapter_is_applied(hf_dir, tmp_path):
     examples = qa_data.load("usmle", data_path("medqa_usmle", "sample_200.jsonl"))[:8]
     ref = eval_qa.score_loglik(m, items_for(tok, examples), 8, "cpu", progress=False)  # unmerged LoRA model
     assert max(abs(a - b) for s, r in zip(got, ref) for a, b in zip(s, r)) <= 1e-4
-    base = eval_qa.score_loglik(load_hf(hf_dir), items_for(tok, examples), 8, "cpu", progress=False)
+    base = eval_qa.score_loglik(load_model(hf_dir), items_for(tok, examples), 8, "cpu", progress=False)
     assert max(abs(a - b) for s, r in zip(got, base) for a, b in zip(s, r)) > 1e-3
 
 

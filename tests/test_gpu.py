@@ -55,18 +55,18 @@ def test_logits_and_greedy_tokens_match_transformers_on_cuda(tmp_path):
     error against the fp32 logits, not to a fixed number: its largest and mean errors at most 1.5x HF's (+1e-3).
     Greedy decoding (fp32): 32 tokens identical to HF's generate, eager and with our compiled decoding steps."""
     from transformers import LlamaForCausalLM
-    from weights import load_hf
+    from weights import load_model
     path = tmp_path / "hf"
     make_hf_llama(path, hidden_size=128, intermediate_size=344, num_attention_heads=4, num_key_value_heads=2,
                   num_hidden_layers=2, vocab_size=512, max_position_embeddings=256)
     hf = LlamaForCausalLM.from_pretrained(path).cuda().eval()
-    ours = load_hf(str(path), dtype=torch.float32, device="cuda")
+    ours = load_model(str(path), dtype=torch.float32, device="cuda")
     idx = torch.randint(1, 512, (2, 96), generator=torch.Generator().manual_seed(0))
     ref = cuda_logits(hf, idx)
     assert (cuda_logits(ours, idx) - ref).abs().max().item() <= 1e-4
 
     hf16 = LlamaForCausalLM.from_pretrained(path, dtype=torch.bfloat16).cuda().eval()
-    ours16 = load_hf(str(path), dtype=torch.bfloat16, device="cuda")
+    ours16 = load_model(str(path), dtype=torch.bfloat16, device="cuda")
     err_hf = (cuda_logits(hf16, idx) - ref).abs()
     err_ours = (cuda_logits(ours16, idx) - ref).abs()
     assert err_ours.max().item() <= 1.5 * err_hf.max().item() + 1e-3, (err_ours.max().item(), err_hf.max().item())
@@ -157,7 +157,7 @@ def test_lora_finetune_on_cuda_and_peft_loads_the_adapter(tmp_path):
     from safetensors.torch import load_file
     from transformers import LlamaForCausalLM
     from lora import load_adapter
-    from weights import load_hf
+    from weights import load_model
     base = make_hf_with_tokenizer(tmp_path / "base", max_position_embeddings=512)
     out = tmp_path / "ft"
     cmd = [sys.executable, "finetune_qa.py", "configs/ft_id_cpu.py", f"--init_from={base}", f"--out_dir={out}",
@@ -173,7 +173,7 @@ def test_lora_finetune_on_cuda_and_peft_loads_the_adapter(tmp_path):
     assert any(v.abs().sum() > 0 for k, v in load_file(str(adapter / "adapter_model.safetensors")).items()
                if "lora_B" in k)
     peft = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(base), str(adapter)).cuda().eval()
-    ours = load_hf(base, dtype=torch.float32, device="cuda")
+    ours = load_model(base, dtype=torch.float32, device="cuda")
     load_adapter(ours, str(adapter))
     idx = torch.randint(0, 32000, (2, 48), generator=torch.Generator().manual_seed(0))
     assert (cuda_logits(peft, idx) - cuda_logits(ours.eval(), idx)).abs().max().item() <= 1e-4

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from conftest import make_hf_llama
 from lora import (LoRALinear, apply_lora, adapter_config, load_adapter, mark_only_lora_as_trainable, merge_lora,
                   save_adapter, unmerge_lora)
-from weights import load_hf
+from weights import load_model
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # toy-sized models
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # toy-sized models
 @pytest.fixture
 def models(tmp_path):
     hf = make_hf_llama(tmp_path / "hf", num_key_value_heads=2)
-    ours = load_hf(str(tmp_path / "hf"))
+    ours = load_model(str(tmp_path / "hf"))
     apply_lora(ours, r=8, alpha=8, dropout=0.0, targets=("q_proj", "v_proj"))
     with torch.no_grad():  # B starts at zero: make the adapter do something
         for n, p in ours.named_parameters():
@@ -56,13 +56,13 @@ def test_trainable_count_and_init_match_peft(models):
     pm = peft_model(hf)
     trainable, _ = pm.get_nb_trainable_parameters()
     assert mark_only_lora_as_trainable(ours) == trainable
-    fresh = load_hf(str(tmp / "hf"))
+    fresh = load_model(str(tmp / "hf"))
     apply_lora(fresh, seed=3)
     assert all((m.lora_B.weight == 0).all() for m in fresh.modules() if isinstance(m, LoRALinear))
     a = next(m.lora_A.weight for m in fresh.modules() if isinstance(m, LoRALinear))
     assert a.abs().max() <= 1 / 64 ** 0.5 and a.std() > 0.05  # kaiming_uniform(a=sqrt(5)) bound 1/sqrt(fan_in)
     with torch.no_grad():  # B = 0: the adapter starts as a no-op
-        assert torch.equal(fresh(IDX)[0], load_hf(str(tmp / "hf"))(IDX)[0])
+        assert torch.equal(fresh(IDX)[0], load_model(str(tmp / "hf"))(IDX)[0])
 
 
 def test_our_adapter_loads_in_peft(models):
@@ -82,7 +82,7 @@ def test_peft_adapter_loads_in_ours(models):
             if "lora_" in n:
                 p.normal_(0, 0.2)
     pm.save_pretrained(str(tmp / "peft_adapter"))
-    fresh = load_hf(str(tmp / "hf"))
+    fresh = load_model(str(tmp / "hf"))
     cfg = load_adapter(fresh, str(tmp / "peft_adapter"))
     assert cfg["r"] == 8
     with torch.no_grad():
@@ -121,15 +121,15 @@ def test_bad_adapters(tmp_path, models):
     import json
     _, ours, tmp = models
     with pytest.raises(FileNotFoundError, match="no adapter_config.json"):
-        load_adapter(load_hf(str(tmp / "hf")), str(tmp_path))
+        load_adapter(load_model(str(tmp / "hf")), str(tmp_path))
     save_adapter(ours, tmp / "a", {**adapter_config(ours), "use_dora": True})
     with pytest.raises(ValueError, match="use_dora"):
-        load_adapter(load_hf(str(tmp / "hf")), str(tmp / "a"))
+        load_adapter(load_model(str(tmp / "hf")), str(tmp / "a"))
     cfg = adapter_config(ours)
     cfg["r"] = 4
     save_adapter(ours, tmp / "b", cfg)
     with pytest.raises(ValueError, match=r"lora_A.weight has shape \(8, 64\) but the model expects \(4, 64\)"):
-        load_adapter(load_hf(str(tmp / "hf")), str(tmp / "b"))
+        load_adapter(load_model(str(tmp / "hf")), str(tmp / "b"))
 
 
 # --- scaling (alpha != r, rsLoRA), dropout and the merged export, against PEFT --------------------------------------
@@ -151,7 +151,7 @@ def base(tmp_path_factory):
 def lora_pair(base, r, alpha, rslora, dropout=0.0):
     """Our LoRA model and PEFT's on the same base, with the same random (non-zero) A and B."""
     hf, path = base
-    ours = load_hf(path)
+    ours = load_model(path)
     apply_lora(ours, r=r, alpha=alpha, dropout=dropout, use_rslora=rslora)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -181,7 +181,7 @@ def test_scaled_lora_matches_peft_unmerged_and_merged(base, case, tmp_path):
         sd = {k: v.clone() for k, v in ours.state_dict().items()}
         merged_sd = merged_state_dict(sd, expected_scale(r, alpha, rslora))
         merge_lora(ours)  # the state-dict merge (finetune_qa's export) and the in-place merge give the same weights
-        assert merged_sd.keys() == load_hf(base[1]).state_dict().keys()
+        assert merged_sd.keys() == load_model(base[1]).state_dict().keys()
         assert all(max_diff(merged_sd[k], v) <= 1e-6 for k, v in ours.state_dict().items() if k in merged_sd)
         hf_merged = pm.merge_and_unload()
         theirs = hf_merged.state_dict()
@@ -200,7 +200,7 @@ def test_scaled_adapters_roundtrip_with_peft(base, case, tmp_path):
     save_adapter(ours, tmp_path / "ours", adapter_config(ours, base[1]))
     loaded = PeftModel.from_pretrained(copy.deepcopy(base[0]), str(tmp_path / "ours")).eval()
     pm.save_pretrained(str(tmp_path / "peft"))
-    fresh = load_hf(base[1])
+    fresh = load_model(base[1])
     cfg = load_adapter(fresh, str(tmp_path / "peft"))
     assert (cfg["r"], cfg["lora_alpha"], cfg.get("use_rslora", False)) == (r, alpha, rslora)
     with torch.no_grad():

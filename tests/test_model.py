@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from conftest import make_hf_llama
 from kernels import linear_cross_entropy
 from model import ModelArgs, Transformer, preset
-from weights import load_hf, save_hf
+from weights import load_model, save_hf
 
 CONFIGS = {
     "mha": dict(num_key_value_heads=4),
@@ -23,7 +23,7 @@ CONFIGS = {
 @pytest.fixture(params=list(CONFIGS))
 def hf_pair(request, tmp_path):
     hf = make_hf_llama(tmp_path / "hf", **CONFIGS[request.param])
-    ours = load_hf(str(tmp_path / "hf"))
+    ours = load_model(str(tmp_path / "hf"))
     return hf, ours, tmp_path
 
 
@@ -44,7 +44,7 @@ def test_hf_names_are_our_names(tmp_path):
     from safetensors import safe_open
     with safe_open(str(tmp_path / "hf" / "model.safetensors"), "pt") as f:
         hf_keys = set(f.keys())
-    assert hf_keys == set(load_hf(str(tmp_path / "hf")).state_dict())
+    assert hf_keys == set(load_model(str(tmp_path / "hf")).state_dict())
 
 
 def test_logits_and_loss_match_transformers(hf_pair):
@@ -75,7 +75,7 @@ def test_compiled_decoding_matches_transformers(tmp_path):
     """generate(compile=True): the compiled one-token steps give HF's greedy tokens; one
     graph serves prompts of different lengths (no recompilation), and a batch of 2 is exact too."""
     hf = make_hf_llama(tmp_path / "hf", num_key_value_heads=2)
-    ours = load_hf(str(tmp_path / "hf"))
+    ours = load_model(str(tmp_path / "hf"))
     torch._dynamo.reset()
     torch.manual_seed(3)
     prompts = [torch.randint(3, 256, (1, 7)), torch.randint(3, 256, (1, 12)), torch.randint(3, 256, (2, 9))]  # 0 is pad for HF
@@ -119,17 +119,17 @@ def test_export_roundtrip_loads_in_transformers(hf_pair):
     idx = torch.randint(0, 256, (2, 25))
     with torch.no_grad():
         assert (hf2(idx).logits - ours(idx)[0]).abs().max().item() <= 1e-5
-        assert (load_hf(out)(idx)[0] - ours(idx)[0]).abs().max().item() == 0.0
+        assert (load_model(out)(idx)[0] - ours(idx)[0]).abs().max().item() == 0.0
 
 
 def test_bf16_load_and_export(tmp_path):
     make_hf_llama(tmp_path / "hf")
-    m = load_hf(str(tmp_path / "hf"), dtype=torch.bfloat16)
+    m = load_model(str(tmp_path / "hf"), dtype=torch.bfloat16)
     assert m.lm_head.weight.dtype == torch.bfloat16 and m.rope_cos.dtype == torch.float32
     save_hf(m, m.args, tmp_path / "bf16")
     cfg = json.load(open(tmp_path / "bf16" / "config.json"))
     assert cfg["torch_dtype"] == "bfloat16"
-    assert torch.equal(load_hf(str(tmp_path / "bf16"), dtype=torch.bfloat16).lm_head.weight, m.lm_head.weight)
+    assert torch.equal(load_model(str(tmp_path / "bf16"), dtype=torch.bfloat16).lm_head.weight, m.lm_head.weight)
 
 
 def test_scratch_init_and_loss_ignores_minus_100():
@@ -154,24 +154,24 @@ def test_scratch_init_and_loss_ignores_minus_100():
 
 def test_missing_folder_and_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_hf(str(tmp_path / "nope"))
+        load_model(str(tmp_path / "nope"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no config.json"):
-        load_hf(str(tmp_path / "empty"))
+        load_model(str(tmp_path / "empty"))
     make_hf_llama(tmp_path / "hf")
     os.remove(tmp_path / "hf" / "model.safetensors")
     with pytest.raises(FileNotFoundError, match="no model.safetensors"):
-        load_hf(str(tmp_path / "hf"))
+        load_model(str(tmp_path / "hf"))
 
 
 def test_missing_shard_named(tmp_path):
     make_hf_llama(tmp_path / "hf")
-    m = load_hf(str(tmp_path / "hf"))
+    m = load_model(str(tmp_path / "hf"))
     save_hf(m, m.args, tmp_path / "sh", dtype=torch.float32, max_shard_bytes=40_000)
     shards = sorted(p for p in os.listdir(tmp_path / "sh") if p.startswith("model-"))
     os.remove(tmp_path / "sh" / shards[0])
     with pytest.raises(FileNotFoundError, match=shards[0]):
-        load_hf(str(tmp_path / "sh"))
+        load_model(str(tmp_path / "sh"))
 
 
 def test_non_llama_architecture(tmp_path):
@@ -180,7 +180,7 @@ def test_non_llama_architecture(tmp_path):
     cfg["architectures"], cfg["model_type"] = ["MistralForCausalLM"], "mistral"
     json.dump(cfg, open(tmp_path / "hf" / "config.json", "w"))
     with pytest.raises(ValueError, match="only LlamaForCausalLM"):
-        load_hf(str(tmp_path / "hf"))
+        load_model(str(tmp_path / "hf"))
 
 
 def _rewrite_tensors(path, fn):
@@ -193,18 +193,18 @@ def test_missing_and_unexpected_tensors(tmp_path):
     make_hf_llama(tmp_path / "hf")
     _rewrite_tensors(tmp_path / "hf", lambda sd: {k: v for k, v in sd.items() if "layers.1.mlp.up_proj" not in k})
     with pytest.raises(ValueError, match=r"missing tensors \(1\): model.layers.1.mlp.up_proj.weight"):
-        load_hf(str(tmp_path / "hf"))
+        load_model(str(tmp_path / "hf"))
     make_hf_llama(tmp_path / "hf2")
     _rewrite_tensors(tmp_path / "hf2", lambda sd: {**sd, "model.layers.0.self_attn.q_proj.bias": torch.zeros(64)})
     with pytest.raises(ValueError, match=r"unexpected tensors \(1\): model.layers.0.self_attn.q_proj.bias"):
-        load_hf(str(tmp_path / "hf2"))
+        load_model(str(tmp_path / "hf2"))
 
 
 def test_shape_mismatch_names_tensor_and_shapes(tmp_path):
     make_hf_llama(tmp_path / "hf")
     _rewrite_tensors(tmp_path / "hf", lambda sd: {**sd, "model.norm.weight": torch.ones(65)})
     with pytest.raises(ValueError, match=r"model.norm.weight has shape \(65,\) but the model expects \(64,\)"):
-        load_hf(str(tmp_path / "hf"))
+        load_model(str(tmp_path / "hf"))
 
 
 @pytest.mark.parametrize("frozen_head", [False, True])
