@@ -90,6 +90,8 @@ def encode_items(tok, prompts, examples, max_len, bos=None):
     """-> ([(context ids, [continuation ids of each choice])] per question, how many prompts were cut to fit).
     bos None: the tokenizer's own convention (tok.add_bos)."""
     bos = tok.add_bos if bos is None else bos
+    if bos and tok.bos_id is None:
+        raise SystemExit(f"add_bos=True, but the tokenizer {tok.path} has no BOS token")
     items, truncated = [], 0
     for p, ex in zip(prompts, examples):
         pairs = [encode_pair(tok, p, ch, bos) for ch in ex.choices]
