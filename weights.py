@@ -342,10 +342,10 @@ def unpermute_rope_rows(w, n_heads):
     return w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
 
 
-def iter_gguf_tensors(path, args=None):
+def iter_gguf_tensors(path):
     """Yield (our name, float32 tensor) for every tensor of a llama GGUF, one at a time."""
     reader = gguf_reader(path)
-    args = args or args_from_gguf(reader)
+    args = args_from_gguf(reader)
     for t in reader.tensors:
         if t.name == "rope_freqs.weight":  # folded into args.rope_scaling
             continue
