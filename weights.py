@@ -370,7 +370,13 @@ def is_dcp_checkpoint(path):
 
 
 def is_gguf(path):
-    return str(path).endswith(".gguf")
+    """By name, or by the file's magic bytes as tokenizer.py decides (a GGUF renamed without its suffix)."""
+    if str(path).endswith(".gguf"):
+        return True
+    if not os.path.isfile(path):
+        return False
+    with open(path, "rb") as f:
+        return f.read(4) == b"GGUF"
 
 
 def read_args(path):
