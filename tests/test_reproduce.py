@@ -1,32 +1,119 @@
+"""reproduce_tiny.py --quick, both ways: a tiny LLaMA from scratch, and the real pretrained SmolLM2-135M (--base).
+Every number in results.json is checked against the files it came from, recomputed here from the raw data."""
 import json
+import math
 import os
 import subprocess
 import sys
+from collections import Counter
+
+import pytest
 
 from conftest import DATA, ROOT, data_path
 
+SETTINGS = ("zero-shot", "full", "lora")
 
-def test_quick_reproduction_writes_every_output(tmp_path):
+
+def study(tmp_path, *args):
     data_path("pubmedqa", "ori_pqal.json")  # skip with a reason when the shared data is absent
-    out = tmp_path / "tiny"
-    r = subprocess.run([sys.executable, "reproduce_tiny.py", "--quick", f"--out={out}", f"--data_root={DATA}"],
+    out = tmp_path / "study"
+    r = subprocess.run([sys.executable, "reproduce_tiny.py", "--quick", f"--out={out}", f"--data_root={DATA}", *args],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return out, json.loads((out / "results.json").read_text()), r
+
+
+def pubmedqa_truth():
+    """(test records in ori_pqal.json's order, label counts of the 500 train ids), from the raw files."""
+    recs = json.load(open(data_path("pubmedqa", "ori_pqal.json")))
+    gt = json.load(open(data_path("pubmedqa", "test_ground_truth.json")))
+    test = [(k, r["final_decision"]) for k, r in recs.items() if k in gt]
+    train = Counter(r["final_decision"] for k, r in recs.items() if k not in gt)
+    return test, train
+
+
+def check_outputs(out, res, names, r):
     table = (out / "table.md").read_text()
-    for name in ("TinyLLaMA", "TinyPMC-LLaMA", "majority class", "PubMedQA", "MedMCQA", "USMLE", "perplexity"):
-        assert name in table
-    res = json.loads((out / "results.json").read_text())
-    assert len(res["accuracy"]) == 2 * (3 + 2) and len(res["perplexity"]) == 4
+    for name in (*names, "majority class", "PubMedQA", "MedMCQA", "USMLE (OOD/ID)", "perplexity", "Total:"):
+        assert name in table, name
+    assert sum(line.startswith(f"| {n} | ") for n in names for line in table.splitlines()) == 2 * (3 + 3 + 1)
+    # 6 rows x 3 benchmarks, plus USMLE (ID) for the 4 fine-tuned rows
+    assert len(res["accuracy"]) == 2 * 3 * 3 + 2 * 2 and len(res["perplexity"]) == 4
+    for key, a in res["accuracy"].items():  # every accuracy, CI and label count from the predictions on disk
+        m, setting, bench = key.split("/")
+        rows = [json.loads(line) for line in open(out / "eval" / f"{m}_{setting}_{bench}" / "predictions.jsonl")]
+        assert a["n"] == len(rows) and a["acc"] == sum(x["pred"] == x["gold"] for x in rows) / len(rows), key
+        assert a["acc_ci95"][0] <= a["acc"] <= a["acc_ci95"][1]
+        assert sum(a["predicted"].values()) == a["n"]
+    for ppl in res["perplexity"].values():
+        assert math.isfinite(ppl["ppl"]) and ppl["tokens"] > 0
     curves = (out / "curves.csv").read_text().splitlines()
     assert curves[0] == "curve,iter,loss_ema0.6"
-    assert {l.split(",")[0] for l in curves[1:]} == {"TinyLLaMA-Full-PubMedQA", "TinyLLaMA-LoRA-PubMedQA",
-                                                     "TinyPMC-LLaMA-Full-PubMedQA", "TinyPMC-LLaMA-LoRA-PubMedQA"}
+    assert {line.split(",")[0] for line in curves[1:]} == {f"{n}-{s}-{d}" for n in names for s in ("Full", "LoRA")
+                                                          for d in ("PubMedQA", "USMLE")}
     try:
         import matplotlib  # noqa: F401
         assert (out / "curves.png").stat().st_size > 10_000
     except ImportError:
         assert "matplotlib is not installed" in r.stderr
-    for m in ("base", "pmc"):  # each step left its artefacts: corpora, HF exports, fine-tuned model and adapter
+    comp = (out / "completions.md").read_text()
+    assert comp.count("\n| ") == 1 + 4 and "Metformin" in comp and "COPD" in comp
+    for n in names:
+        assert len(res["completions"][n]) == 4
+    assert set(res["step_seconds"]) >= {"biomedical corpus", "continued pre-training", "completion pmc 4"}
+    assert res["total_seconds"] >= sum(res["step_seconds"].values()) - 1  # per-step times add up to the total
+    for m in ("base", "pmc"):  # each step left its artefacts: HF exports, fine-tuned models and adapters
         assert os.path.isfile(out / m / "hf" / "model.safetensors")
-        assert os.path.isfile(out / f"ft_{m}_lora" / "adapter" / "adapter_config.json")
-    assert os.path.isfile(out / "data" / "biomed" / "meta.json")
+        assert os.path.isfile(out / f"ft_{m}_lora_pubmedqa" / "adapter" / "adapter_config.json")
+        assert os.path.isfile(out / f"ft_{m}_full_usmle" / "hf" / "config.json")
+    # the biomedical corpus: every CRAFT text, PMC XML article, the S2ORC record with a PMC id, every PubTator PMID
+    meta = json.load(open(out / "data" / "biomed" / "meta.json"))
+    assert [s["kind"] for s in meta["sources"]] == ["text", "pmc_xml", "s2orc", "pubtator", "pubtator"]  # no PubMedQA
+    craft = [f for f in os.listdir(data_path("biomed_corpus", "craft_pmc_oa_fulltext", "txt")) if f.endswith(".txt")]
+    xml = [f for f in os.listdir(data_path("pmc_oa_xml")) if f.endswith(("xml", ".nxml"))]
+    pmids = set()
+    for folder in ("bc5cdr", "ncbi_disease"):
+        for f in os.listdir(data_path("biomed_corpus", folder)):
+            for line in open(data_path("biomed_corpus", folder, f), errors="replace"):
+                if "|t|" in line[:20]:
+                    pmids.add(line.split("|", 1)[0])
+    s2 = [json.loads(x)["externalids"]["pubmedcentral"] for x in open(data_path("s2orc_api", "s2orc-sample.jsonl"))]
+    docs = meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"]
+    assert docs == len(craft) + len(xml) + sum(bool(x) for x in s2) + len(pmids)
+    assert meta["skipped"] == {"duplicate_pmid": 1, "no_pmc_id": sum(not x for x in s2)}  # one PMID in both sets
+
+
+def test_quick_tiny_study_writes_every_output(tmp_path):
+    out, res, r = study(tmp_path)
+    check_outputs(out, res, ("TinyLLaMA", "TinyPMC-LLaMA"), r)
+    assert res["learning_rates"] == {"full": max((2e-3, 1e-3), key=lambda lr: res["validation"][f"full/{lr:g}"]),
+                                     "lora": 2e-3}
+
+
+def test_quick_study_on_smollm2(tmp_path, smollm2_gguf):
+    out, res, r = study(tmp_path, "--base=smollm2")
+    check_outputs(out, res, ("SmolLM2-135M", "PMC-SmolLM2-135M"), r)
+    assert res["base"] == smollm2_gguf and res["real"]
+    # a pretrained model: held-out perplexity far below a random model's 49,152 (the issue measured ~20 and ~30)
+    assert res["perplexity"]["base/biomed"]["ppl"] < 100 and res["perplexity"]["base/general"]["ppl"] < 200
+    # the learning rate of each setting is the best of its grid on the validation slice (train ids 400..403)
+    train_ids = [k for k in json.load(open(data_path("pubmedqa", "ori_pqal.json")))
+                 if k not in json.load(open(data_path("pubmedqa", "test_ground_truth.json")))]
+    for setting, grid in res["sizes"]["grid"].items():
+        accs = {}
+        for lr in grid:
+            rows = [json.loads(x) for x in open(out / "eval" / f"select_{setting}_{lr:g}" / "predictions.jsonl")]
+            assert [x["id"] for x in rows] == train_ids[400:404]  # never a test question
+            accs[lr] = sum(x["correct"] for x in rows) / len(rows)
+            assert res["validation"][f"{setting}/{lr:g}"] == accs[lr]
+        assert res["learning_rates"][setting] == max(grid, key=accs.get)
+    # the majority baselines, from the raw files: PubMedQA's train ids answer "yes" most; USMLE records 100-199
+    test, train = pubmedqa_truth()
+    label = train.most_common(1)[0][0]
+    assert res["majority"]["pubmedqa"]["acc"] == sum(g == label for _, g in test[:8]) / 8
+    us = [json.loads(x)["answer_idx"] for x in open(data_path("medqa_usmle", "sample_200.jsonl"))]
+    top = Counter(us[100:200]).most_common(1)[0][0]
+    assert res["majority"]["usmle"]["acc"] == sum(a == top for a in us[:8]) / 8
+    assert res["majority"]["usmle"]["truth"] == dict(sorted(Counter(us[:8]).items()))
+    pub = [json.loads(x) for x in open(out / "eval" / "base_zero-shot_pubmedqa" / "predictions.jsonl")]
+    assert [x["id"] for x in pub] == [k for k, _ in test[:8]]  # the official test ids, in the file's order
