@@ -226,8 +226,8 @@ def main(argv=None):
 
     # 2. (base pre-training and) continued pre-training on papers
     pre = [f"--block_size={S['block']}", f"--device={dev}", f"--dtype={dt}", f"--seed={c['seed']}",
-           f"--micro_batch_size={S['pre_micro']}", f"--global_batch_size={S['pre_global']}", "--ckpt_interval=0",
-           "--eval_interval=0", "--keep_checkpoints=1", "--export_dtype=float32", "--log_interval=1"]
+           f"--micro_batch_size={S['pre_micro']}", f"--global_batch_size={S['pre_global']}", "--ckpt_interval=-1",
+           "--eval_interval=0", "--export_dtype=float32", "--log_interval=1"]
     if not real:
         pre = ["configs/tiny_pmc.py", *S["model"], *pre]
         step("base pre-training", train.main, [*pre, "--init_from=scratch", f"--data_dir={o}/data/general",
@@ -252,7 +252,7 @@ def main(argv=None):
     usmle = os.path.join(d, "medqa_usmle", "sample_200.jsonl")
     ft = ["configs/ft_id_cpu.py", f"--device={dev}", f"--dtype={dt}", f"--block_size={S['ft_block']}",
           f"--micro_batch_size={S['ft_micro']}", f"--global_batch_size={S['ft_global']}", f"--seed={c['seed']}",
-          "--log_interval=1", "--warmup_iters=2", "--export_dtype=float32"]
+          "--log_interval=1", "--warmup_iters=2", "--export_dtype=float32", "--ckpt_interval=-1"]
     ev = [f"--device={dev}", f"--dtype={dt}", f"--batch_size={S['eval_batch']}"]
 
     def finetune(label, m, setting, lr, data, run_dir):

@@ -64,7 +64,7 @@ seed = 1337
 eval_interval = 100  # optimizer steps between validations (and at the end); 0 disables
 eval_batches = 8  # micro-batches of fixed held-out windows per process per validation
 log_interval = 1
-ckpt_interval = 500  # optimizer steps between checkpoints (and at the end); 0: only at the end
+ckpt_interval = 500  # steps between checkpoints (and at the end); 0: only at the end; -1: none but on preemption
 keep_checkpoints = 2  # newest complete checkpoints kept
 export_dtype = "bfloat16"  # dtype of the final HF export ('' to skip the export)
 export_only = False  # with init_from='resume': write the HF export of the newest checkpoint and exit
@@ -432,7 +432,7 @@ def fit(model, data, c, ctx, model_args, val_data=None, export=None):
             with open(log_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
             bar.set_postfix(loss=f"{loss_val:.4f}", refresh=False)
-        if (c.ckpt_interval > 0 and it % c.ckpt_interval == 0) or it == total or stop:
+        if stop or (c.ckpt_interval > 0 and it % c.ckpt_interval == 0) or (it == total and c.ckpt_interval >= 0):
             save_checkpoint(model, opt, {"iter": it, "epoch": epoch, "step_in_epoch": step + 1, "seed": c.seed}, c, ctx,
                             model_args)
         if stop:

@@ -211,7 +211,8 @@ class CueModel(torch.nn.Module):
 
 def eval_settings(**kw):
     return SimpleNamespace(**{"limit": 0, "shots": 0, "method": "loglik", "batch_size": 4, "device": "cpu",
-                              "medmcqa_cop_base": 1, "init_from": "rigged", "lora": "", "add_bos": None, **kw})
+                              "medmcqa_cop_base": 1, "init_from": "rigged", "lora": "", "add_bos": None, "split": "test",
+                              "select": "", **kw})
 
 
 def usmle_file(path, cues, keys):

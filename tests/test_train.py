@@ -51,7 +51,9 @@ def final_weights(out_dir):
 
 def test_two_processes_match_one(tmp_path, corpus):
     train(tmp_path / "one", corpus, "--max_iters=4")
-    train(tmp_path / "two", corpus, "--max_iters=4", nproc=2)
+    train(tmp_path / "two", corpus, "--max_iters=4", "--ckpt_interval=-1", nproc=2)
+    assert "ckpt-00000004" in os.listdir(tmp_path / "one")  # a run ends with a checkpoint, unless told -1: none
+    assert not [d for d in os.listdir(tmp_path / "two") if d.startswith("ckpt-")]
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert sorted(one) == [1, 2, 3, 4] and one[4] < one[1]
     for i in one:
@@ -87,7 +89,7 @@ train.main(sys.argv[1:])
 
 def test_sigterm_checkpoints_and_resume_continues_exactly(tmp_path, corpus):
     import signal
-    args = [f"--out_dir={tmp_path / 'run'}", f"--data_dir={corpus}", *TINY, "--max_iters=200", "--ckpt_interval=0"]
+    args = [f"--out_dir={tmp_path / 'run'}", f"--data_dir={corpus}", *TINY, "--max_iters=200", "--ckpt_interval=-1"]
     p = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     log = tmp_path / "run" / "log.jsonl"
