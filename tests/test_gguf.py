@@ -217,11 +217,12 @@ def test_smollm2_eval_scores_match_transformers(smollm2_pair, smollm2_gguf):
     transformers' log-probabilities of the same continuation after the same prompt within 1e-4; same predictions."""
     from types import SimpleNamespace
     import eval_qa
+    from configurator import configure
     from tokenizer import Tokenizer
     ours, hf, _ = smollm2_pair
     tok = Tokenizer(smollm2_gguf)
-    c = SimpleNamespace(medmcqa_cop_base=1, limit=100, shots=0, add_bos=None, method="loglik", batch_size=16,
-                        device="cpu", init_from=smollm2_gguf, lora="", compile=False, split="test", select="")
+    c = SimpleNamespace(**{**configure(dict(vars(eval_qa)), []), "limit": 100, "batch_size": 16, "device": "cpu",
+                           "init_from": smollm2_gguf})  # eval_qa's defaults: official test split, loglik, no shots
     res, rows = eval_qa.evaluate_bench(ours, tok, c, "pubmedqa", data_path("pubmedqa", "ori_pqal.json"))
     assert res["n"] == 100 and len(rows) == 100
     for row in rows:  # the harness' split: continuation = encode(prompt + choice) after encode(prompt)
