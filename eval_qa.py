@@ -1,8 +1,10 @@
 """
-Medical QA accuracy (PMC-LLaMA's Table 1): PubMedQA, MedMCQA, USMLE.
+Medical QA accuracy: PMC-LLaMA's Table 1 (PubMedQA, MedMCQA, USMLE) and the six medical subjects of MMLU, the nine
+tasks of the field's benchmark suite (MultiMedQA, the Open Medical-LLM Leaderboard).
 
     python eval_qa.py --bench medmcqa --init_from=out/pmc_llama_7b/hf
-    python eval_qa.py --bench=pubmedqa,medmcqa,usmle --init_from=HF_OR_CKPT --lora=out/ft_id/adapter --out=out/eval
+    python eval_qa.py --bench=all --init_from=HF_OR_GGUF_OR_CKPT                       # the nine, one model load
+    python eval_qa.py --bench=pubmedqa,mmlu --init_from=HF_OR_CKPT --lora=out/ft_id/adapter --out=out/eval
     python eval_qa.py --bench usmle --data=path/to/phrases_no_exclude_test.jsonl --method=generate
 
 --method=loglik (default) is lm-evaluation-harness' scoring: for a choice c, context = encode(BOS + prompt) and the
@@ -14,7 +16,9 @@ acc takes the argmax score, acc_norm the argmax of score / len(c) in characters.
 otherwise the prompt is run once into the KV cache and each choice continues from it.
 --method=generate is PMC-LLaMA's way: greedy decoding, then a regex picks the answer; no match is `no_answer`.
 
-Writes a table to stdout, DIR/results.json and DIR/predictions.jsonl (one line per question).
+Prints a table (n, acc with its 95% Wilson interval, acc_norm per task; MMLU-medical pooled over its 1,089 questions;
+the unweighted mean of the tasks' accuracies) and writes it to DIR/results.md and DIR/results.json, beside
+DIR/predictions.jsonl (one line per question).
 """
 import hashlib
 import json
@@ -34,9 +38,9 @@ from lora import load_adapter, merge_lora
 from tokenizer import TOKENIZER_PATHS, Tokenizer
 from weights import MODEL_PATHS, load_model
 
-bench = "pubmedqa"  # one or several, comma-separated: pubmedqa, medmcqa, usmle
+bench = "pubmedqa"  # comma-separated: pubmedqa, medmcqa, usmle, mmlu_<subject>; 'mmlu' (the six), 'all' (the nine)
 data = ""  # the benchmark file (with a single --bench); default: the official test split under data_root
-data_root = "data"  # where the default files live: pubmedqa/ori_pqal.json, medmcqa/dev.json, medqa_usmle/...
+data_root = "data"  # where the default files live: pubmedqa/, medmcqa/, medqa_usmle/, mmlu_medical/ (DEFAULT_FILES)
 init_from = ""  # HF folder or train.py checkpoint
 lora = ""  # adapter folder (ours or PEFT's), applied on top of init_from
 tokenizer = ""  # default: the tokenizer inside init_from (tokenizer.json / tokenizer.model, or the .gguf itself)
@@ -59,12 +63,14 @@ DEFAULT_FILES = {  # the official evaluation splits, as the paper reports them
     "pubmedqa": ("pubmedqa/ori_pqal.json", "the 500 ids of test_ground_truth.json"),
     "medmcqa": ("medmcqa/dev.json", "the dev set, reported as test"),
     "usmle": ("medqa_usmle/phrases_no_exclude_test.jsonl", "the 1,273-question 4-option test file"),
-}
+} | {f"mmlu_{s}": (f"mmlu_medical/{s}_test.csv", f"MMLU's data/test/{s}_test.csv from "
+                   "https://people.eecs.berkeley.edu/~hendrycks/data.tar") for s in qa_data.MMLU_SUBJECTS}
 DEFAULT_SHOTS = {"medmcqa": "medmcqa/train.json",
-                 "usmle": "medqa_usmle/phrases_no_exclude_train.jsonl"}
+                 "usmle": "medqa_usmle/phrases_no_exclude_train.jsonl"
+                 } | {f"mmlu_{s}": f"mmlu_medical/{s}_dev.csv" for s in qa_data.MMLU_SUBJECTS}  # the harness' shots
 ANSWER_RE = {
     "pubmedqa": re.compile(r"\b(yes|no|maybe)\b", re.IGNORECASE),
-    "mcq": re.compile(r"(?:^|[^A-Za-z])([A-E])(?:$|[^A-Za-z])"),
+    "mcq": re.compile(r"(?:^|[^A-Za-z])([A-Z])(?:$|[^A-Za-z])"),
 }
 
 
@@ -232,23 +238,23 @@ def resolve_data(c, b, single):
     return path
 
 
-def few_shot_prefix(c, b, data_path):
+def few_shots(c, b, data_path):
+    """The first --shots solved examples of the benchmark's train split (the harness' first_n sampler)."""
     if not c.shots:
-        return ""
+        return []
     # PubMedQA's shots come from the non-test ids of the evaluated file itself
     path = c.shots_data or (data_path if b == "pubmedqa" else os.path.join(c.data_root, DEFAULT_SHOTS[b]))
     if not os.path.isfile(path):
         raise SystemExit(f"--shots={c.shots} for {b} needs its train split: no file {path} (--shots_data=FILE)")
-    train = qa_data.load(b, path, split="train", cop_base=c.medmcqa_cop_base)
-    return qa_data.fewshot_prefix(train[:c.shots])
+    return qa_data.load(b, path, split="train", cop_base=c.medmcqa_cop_base)[:c.shots]
 
 
 def evaluate_bench(model, tok, c, b, path):
     examples = qa_data.load(b, path, split=c.split, cop_base=c.medmcqa_cop_base, select=c.select)
     if c.limit:
         examples = examples[:c.limit]
-    prefix = few_shot_prefix(c, b, path)
-    prompts = [prefix + ex.prompt for ex in examples]
+    shots = few_shots(c, b, path)
+    prompts = [qa_data.render(ex, shots) for ex in examples]
     items, truncated = encode_items(tok, prompts, examples, model.args.max_seq_len, bos=c.add_bos)
     t0 = time.perf_counter()
     scores, gens = None, None
@@ -264,7 +270,7 @@ def evaluate_bench(model, tok, c, b, path):
     elapsed = time.perf_counter() - t0
     correct = [p == ex.gold for p, ex in zip(preds, examples)]
     n, k = len(examples), sum(correct)
-    res = {"bench": b, "method": c.method, "n": n, "acc": k / max(n, 1), "acc_ci95": wilson_ci(k, n),
+    res = {"bench": b, "method": c.method, "n": n, "correct": k, "acc": k / max(n, 1), "acc_ci95": wilson_ci(k, n),
            "acc_norm": (sum(p == ex.gold for p, ex in zip(norm, examples)) / max(n, 1)) if norm else None,
            "no_answer": sum(p is None for p in preds), "truncated_prompts": truncated, "shots": c.shots,
            "model": c.init_from, "lora": c.lora or None, "data": os.path.abspath(path), "data_sha256": sha256_file(path),
@@ -291,10 +297,61 @@ def load_for_eval(c):
     return model.eval()
 
 
+def summarize(results):
+    """Rows beyond the tasks: MMLU-medical pooled over its questions (a micro average, as one 1,089-question task)
+    when several subjects ran, and the unweighted (macro) mean of the tasks' accuracies when several tasks ran."""
+    rows = {}
+    mmlu = [r for b, r in results.items() if b.startswith("mmlu_")]
+    if len(mmlu) > 1:
+        n, k = sum(r["n"] for r in mmlu), sum(r["correct"] for r in mmlu)
+        norm = None if any(r["acc_norm"] is None for r in mmlu) else sum(r["acc_norm"] * r["n"] for r in mmlu) / n
+        rows["mmlu_medical (pooled)"] = {"n": n, "acc": k / n, "acc_ci95": wilson_ci(k, n), "acc_norm": norm}
+    if len(results) > 1:
+        rs = list(results.values())
+        norm = None if any(r["acc_norm"] is None for r in rs) else sum(r["acc_norm"] for r in rs) / len(rs)
+        rows[f"mean of {len(rs)} tasks"] = {"n": sum(r["n"] for r in rs), "acc": sum(r["acc"] for r in rs) / len(rs),
+                                            "acc_ci95": None, "acc_norm": norm}
+    return rows
+
+
+def table_lines(results, summary, markdown=False):
+    """The results table, as console text or a markdown table."""
+    head = ("task", "n", "acc", "95% CI", "acc_norm", "no_answer", "q/s")
+    lines = []
+    for name, r in list(results.items()) + list(summary.items()):
+        ci = f"[{r['acc_ci95'][0]:.3f}, {r['acc_ci95'][1]:.3f}]" if r.get("acc_ci95") else "-"
+        norm = f"{r['acc_norm']:.4f}" if r["acc_norm"] is not None else "-"
+        lines.append((name, str(r["n"]), f"{r['acc']:.4f}", ci, norm, str(r.get("no_answer", "-")),
+                      f"{r['questions_per_s']:.1f}" if "questions_per_s" in r else "-"))
+    if markdown:
+        return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(l) + " |" for l in lines]
+    w = [max(len(x) for x in col) for col in zip(head, *lines)]
+    return [" ".join(x.ljust(w[0]) if j == 0 else x.rjust(w[j]) for j, x in enumerate(row)) for row in [head] + lines]
+
+
+def write_atomic(path, text):
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)  # a crash never leaves a half-written file under the final name
+
+
+def write_results(c, results, summary, predictions):
+    os.makedirs(c.out, exist_ok=True)
+    write_atomic(os.path.join(c.out, "predictions.jsonl"), "".join(json.dumps(r) + "\n" for r in predictions))
+    write_atomic(os.path.join(c.out, "results.json"),
+                 json.dumps({"results": results, "summary": summary, "config": vars(c)}, indent=2))
+    notes = (f"\nModel: `{c.init_from}`" + (f" + LoRA `{c.lora}`" if c.lora else "") + f"; {c.method}, {c.shots}-shot, "
+             f"{c.dtype}. 95% CI: Wilson score interval of acc. mmlu_medical (pooled): the six subjects as one task "
+             "(micro average). mean: the unweighted mean of the tasks' accuracies (macro).\n")
+    write_atomic(os.path.join(c.out, "results.md"), "\n".join(table_lines(results, summary, markdown=True)) + "\n" + notes)
+
+
 def main(argv=None):
     from types import SimpleNamespace
     c = SimpleNamespace(**configure(dict(globals()), argv))  # a copy: the defaults stay untouched
-    benches = [qa_data.check_bench(b.strip()) for b in c.bench.split(",") if b.strip()]
+    benches = qa_data.expand_benches(c.bench)
+    if not benches:
+        raise SystemExit("--bench is empty: name one or several benchmarks, 'mmlu' or 'all'")
     require(c.init_from, "init_from", MODEL_PATHS)
     require(c.tokenizer or c.init_from, "tokenizer", TOKENIZER_PATHS)
     paths = {b: resolve_data(c, b, len(benches) == 1) for b in benches}
@@ -304,18 +361,10 @@ def main(argv=None):
     for b in benches:
         results[b], rows = evaluate_bench(model, tok, c, b, paths[b])
         predictions += rows
-    os.makedirs(c.out, exist_ok=True)
-    with open(os.path.join(c.out, "results.json"), "w") as f:
-        json.dump({"results": results, "config": vars(c)}, f, indent=2)
-    with open(os.path.join(c.out, "predictions.jsonl"), "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in predictions)
-    print(f"{'bench':<10} {'method':<9} {'n':>6} {'acc':>7} {'95% CI':>15} {'acc_norm':>9} {'no_answer':>9} {'q/s':>8}")
-    for b, r in results.items():
-        lo, hi = r["acc_ci95"]
-        an = f"{r['acc_norm']:.4f}" if r["acc_norm"] is not None else "-"
-        print(f"{b:<10} {r['method']:<9} {r['n']:>6} {r['acc']:>7.4f} {f'[{lo:.3f}, {hi:.3f}]':>15} {an:>9} "
-              f"{r['no_answer']:>9} {r['questions_per_s']:>8.1f}")
-    print(f"wrote {os.path.join(c.out, 'results.json')} and predictions.jsonl", file=sys.stderr)
+    summary = summarize(results)
+    write_results(c, results, summary, predictions)
+    print("\n".join(table_lines(results, summary)))
+    print(f"wrote {os.path.join(c.out, 'results.md')}, results.json and predictions.jsonl", file=sys.stderr)
     return results
 
 

@@ -1,5 +1,6 @@
 """
-The three medical QA benchmarks of PMC-LLaMA, in their official raw formats, and their prompts.
+The medical QA benchmarks, in their official raw formats, and their prompts: PMC-LLaMA's three (PubMedQA, MedMCQA,
+MedQA-USMLE) and the six medical subjects of MMLU, the nine tasks the field reports.
 
 Fine-tuning (finetune_qa.py) and evaluation (eval_qa.py) both read examples through this module, so a model is
 trained on exactly the strings it is scored on. Prompts are lm-evaluation-harness's templates, so zero-shot numbers
@@ -8,6 +9,9 @@ are comparable with the harness:
   pubmedqa  "Abstract: {contexts joined by \\n}\\nQuestion: {question}\\nAnswer:"        -> " yes" / " no" / " maybe"
   medmcqa   "Question: {q}\\nChoices:\\nA. {opa}\\nB. {opb}\\nC. {opc}\\nD. {opd}\\nAnswer:"  -> " A" .. " D"
   usmle     "Question: {q}\\nA. {A}\\nB. {B}\\nC. {C}\\nD. {D}\\nAnswer:"                  -> " A" .. " D"
+  mmlu_*    "The following are multiple choice questions (with answers) about {subject}.\\n\\n"     (the description)
+            "{q.strip()}\\nA. {A}\\nB. {B}\\nC. {C}\\nD. {D}\\nAnswer:"                     -> " A" .. " D"
+The multiple-choice formats take any number of lettered options (MedQA also ships 5-option files, A-E).
 
 Formats:
   pubmedqa  ori_pqal.json / ori_pqaa.json: {PMID: {QUESTION, CONTEXTS, final_decision, ...}}; PQA-L's official test
@@ -17,16 +21,23 @@ Formats:
             release and 0-based in the Hugging Face copy: callers say which (cop_base), and data that contradicts
             it (a cop of 0 when 1-based, of 4 when 0-based) is an error.
   usmle     MedQA JSON lines {question, options: {A: .., B: .., ...}, answer_idx, answer, meta_info}.
+  mmlu_*    the MMLU release's data/test/<subject>_test.csv: no header, 6 fields (question, A, B, C, D, answer letter),
+            standard CSV quoting (commas, quotes and newlines inside fields).
 A malformed record is an error naming the file, the line (or PubMedQA id) and the field. This module knows nothing
 of models or tokenizers beyond the `encode` callable handed to `encode_example`.
 """
+import csv
 import json
 import os
 import re
 from dataclasses import dataclass, field
 
-BENCHMARKS = ("pubmedqa", "medmcqa", "usmle")
+MMLU_SUBJECTS = ("anatomy", "clinical_knowledge", "college_biology", "college_medicine", "medical_genetics",
+                 "professional_medicine")  # the medical subjects of MultiMedQA and the Open Medical-LLM Leaderboard
+BENCHMARKS = ("pubmedqa", "medmcqa", "usmle") + tuple(f"mmlu_{s}" for s in MMLU_SUBJECTS)
+GROUPS = {"all": BENCHMARKS, "mmlu": BENCHMARKS[3:]}  # names that stand for several benchmarks
 PUBMEDQA_LABELS = ("yes", "no", "maybe")
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 @dataclass
@@ -35,7 +46,8 @@ class QAExample:
     prompt: str  # the exact text before the answer, without BOS
     choices: list  # answer continuations, e.g. [" A", " B", " C", " D"]
     gold: int  # index into choices
-    info: dict = field(default_factory=dict)  # subject (MedMCQA), meta_info (USMLE)
+    info: dict = field(default_factory=dict)  # subject (MedMCQA, MMLU), meta_info (USMLE)
+    description: str = ""  # the head of `prompt` that a few-shot prompt states once, before the shots (MMLU)
 
     @property
     def answer(self):
@@ -52,8 +64,17 @@ def _err(path, where, field_, msg):
 
 def check_bench(bench):
     if bench not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {bench!r}; known: {', '.join(BENCHMARKS)}")
+        raise ValueError(f"unknown benchmark {bench!r}; known: {', '.join(BENCHMARKS)}, or {' / '.join(GROUPS)}")
     return bench
+
+
+def expand_benches(spec):
+    """'pubmedqa,mmlu' -> the benchmark names it stands for, in order, each once ('all': the nine)."""
+    names = []
+    for b in (s.strip() for s in spec.split(",")):
+        group = GROUPS[b] if b in GROUPS else [check_bench(b)] if b else []
+        names += [n for n in group if n not in names]
+    return names
 
 
 # -----------------------------------------------------------------------------
@@ -63,12 +84,31 @@ def pubmedqa_prompt(contexts, question):
     return "Abstract: " + "\n".join(contexts) + f"\nQuestion: {question}\nAnswer:"
 
 
+def lettered(options):
+    return "".join(f"{k}. {v}\n" for k, v in zip(LETTERS, options))
+
+
 def medmcqa_prompt(q, options):
-    return f"Question: {q}\nChoices:\n" + "".join(f"{k}. {v}\n" for k, v in zip("ABCD", options)) + "Answer:"
+    return f"Question: {q}\nChoices:\n" + lettered(options) + "Answer:"
 
 
 def usmle_prompt(q, options):
-    return f"Question: {q}\n" + "".join(f"{k}. {v}\n" for k, v in options.items()) + "Answer:"
+    return f"Question: {q}\n" + lettered(options) + "Answer:"
+
+
+def mmlu_description(subject):
+    return f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
+
+
+def mmlu_prompt(subject, q, options):
+    return mmlu_description(subject) + q.strip() + "\n" + lettered(options) + "Answer:"
+
+
+def render(ex, shots=()):
+    """The text before the answer: the task's description once, then K solved examples (prompt + answer and a blank
+    line: the harness' few-shot layout), then the question."""
+    d = ex.description
+    return d + "".join(s.prompt[len(s.description):] + s.answer + "\n\n" for s in shots) + ex.prompt[len(d):]
 
 
 # -----------------------------------------------------------------------------
@@ -185,8 +225,27 @@ def load_usmle(path):
         if "answer" in r and r["answer"] != opts[idx]:
             raise _err(path, n, "answer", f"{r['answer']!r} is not option {idx} ({opts[idx]!r})")
         options = {k: opts[k] for k in keys}
-        out.append(QAExample(str(r.get("id", n)), usmle_prompt(q, options), [f" {k}" for k in keys], keys.index(idx),
-                             {"meta_info": r.get("meta_info") or "unknown"}))
+        out.append(QAExample(str(r.get("id", n)), usmle_prompt(q, options.values()), [f" {k}" for k in keys],
+                             keys.index(idx), {"meta_info": r.get("meta_info") or "unknown"}))
+    return out
+
+
+def load_mmlu(path, subject):
+    """An MMLU release CSV (no header; question, A, B, C, D, answer letter). Ids are subject/row, 0-based."""
+    out = []
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = csv.reader(f)
+        for n, row in enumerate(rows):
+            where = f"row {n + 1} (ending on line {rows.line_num})"
+            if len(row) != 6:
+                raise QAFormatError(f"{path}:{where}: {len(row)} fields, expected 6 (question, A, B, C, D, answer)")
+            q, *options, answer = row
+            if not q.strip():
+                raise _err(path, where, "question", "empty")
+            if len(answer) != 1 or answer not in LETTERS[:4]:
+                raise _err(path, where, "answer", f"{answer!r} is not one of the listed letters A, B, C, D")
+            out.append(QAExample(f"{subject}/{n}", mmlu_prompt(subject, q, options), [" A", " B", " C", " D"],
+                                 LETTERS.index(answer), {"subject": subject}, mmlu_description(subject)))
     return out
 
 
@@ -199,19 +258,16 @@ def load(bench, path, split="test", cop_base=1, select=""):
         ex = load_pubmedqa(path, split)
     elif bench == "medmcqa":
         ex = load_medmcqa(path, cop_base)
-    else:
+    elif bench == "usmle":
         ex = load_usmle(path)
+    else:
+        ex = load_mmlu(path, bench.removeprefix("mmlu_"))
     if select:
         if not re.fullmatch(r"-?\d*:-?\d*", select):
             raise ValueError(f"select={select!r}: expected 'start:end'")
         a, b = (int(s) if s else None for s in select.split(":"))
         ex = ex[a:b]
     return ex
-
-
-def fewshot_prefix(shots):
-    """K solved examples, each prompt + its answer, separated by blank lines (the harness' few-shot layout)."""
-    return "".join(f"{e.prompt}{e.answer}\n\n" for e in shots)
 
 
 # -----------------------------------------------------------------------------

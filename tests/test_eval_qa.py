@@ -137,6 +137,7 @@ def test_extract_answer():
     assert eval_qa.extract_answer("usmle", " B. Hyperstabilization", 4) == 1
     assert eval_qa.extract_answer("usmle", " The answer is (C)", 4) == 2
     assert eval_qa.extract_answer("usmle", " E", 4) is None
+    assert eval_qa.extract_answer("usmle", " E", 5) == 4
 
 
 def test_lora_adapter_is_applied(hf_dir, tmp_path):
@@ -189,7 +190,7 @@ def test_wilson_interval_published_values():
         assert [round(b, 4) for b in eval_qa.wilson_ci(k, n)] == list(ref), (k, n)
 
 
-COLOURS = ("red", "green", "blue", "yellow")  # one LLaMA token each
+COLOURS = ("red", "green", "blue", "yellow", "black")  # one LLaMA token each
 
 
 class CueModel(torch.nn.Module):
@@ -200,7 +201,7 @@ class CueModel(torch.nn.Module):
         super().__init__()
         self.args = SimpleNamespace(max_seq_len=max_seq_len)
         self.cues = torch.tensor([sp.encode(c)[0] for c in COLOURS])
-        letters = [sp.encode(f"Answer: {L}")[-1] for L in "ABCD"]
+        letters = [sp.encode(f"Answer: {L}")[-1] for L in "ABCDE"]
         self.lm_head = torch.nn.Linear(len(COLOURS), sp.get_piece_size(), bias=False)
         with torch.no_grad():
             self.lm_head.weight.zero_()
@@ -216,9 +217,9 @@ def eval_settings(**kw):
                               "init_from": "rigged", **kw})
 
 
-def usmle_file(path, cues, keys):
-    recs = [{"question": f"Which colour is named here: {COLOURS[c]}?", "options": dict(zip("ABCD", ("one", "two",
-             "three", "four"))), "answer_idx": "ABCD"[k], "meta_info": "step1"} for c, k in zip(cues, keys)]
+def usmle_file(path, cues, keys, letters="ABCD"):
+    recs = [{"question": f"Which colour is named here: {COLOURS[c]}?", "options": dict(zip(letters, ("one", "two",
+             "three", "four", "five"))), "answer_idx": letters[k], "meta_info": "step1"} for c, k in zip(cues, keys)]
     path.write_text("".join(json.dumps(r) + "\n" for r in recs))
     return str(path)
 
@@ -244,6 +245,49 @@ def test_rigged_model_accuracy_is_exact(tmp_path, sp_tok):
         ref = wilson_by_hand(k, n)
         assert all(abs(a - b) <= 1e-4 for a, b in zip(res["acc_ci95"], ref)), (res["acc_ci95"], ref)
         assert res["truncated_prompts"] == 0
+
+
+def test_five_options_are_scored_over_five(tmp_path, sp_tok):
+    """MedQA's 5-option files (A-E): a question naming the fifth colour makes E win, so E is predicted and scored."""
+    sp, tok = sp_tok
+    cues, keys = [4, 0, 4, 2, 1], [4, 0, 3, 2, 1]
+    res, rows = eval_qa.evaluate_bench(CueModel(sp), tok, eval_settings(), "usmle",
+                                       usmle_file(tmp_path / "five.jsonl", cues, keys, "ABCDE"))
+    assert all(len(r["choices"]) == 5 and len(r["scores"]) == 5 for r in rows)
+    assert [r["pred"] for r in rows] == cues and res["acc"] == 4 / 5
+
+
+def test_summary_rows_by_hand():
+    results = {"pubmedqa": {"n": 500, "correct": 300, "acc": 0.6, "acc_norm": 0.5},
+               "mmlu_anatomy": {"n": 10, "correct": 3, "acc": 0.3, "acc_norm": 0.4},
+               "mmlu_college_biology": {"n": 30, "correct": 15, "acc": 0.5, "acc_norm": 0.6}}
+    rows = eval_qa.summarize(results)
+    pooled = rows["mmlu_medical (pooled)"]
+    assert pooled["n"] == 40 and pooled["acc"] == 18 / 40 and abs(pooled["acc_norm"] - (4 + 18) / 40) < 1e-12
+    assert all(abs(a - b) <= 1e-4 for a, b in zip(pooled["acc_ci95"], wilson_by_hand(18, 40)))
+    mean = rows["mean of 3 tasks"]
+    assert abs(mean["acc"] - (0.6 + 0.3 + 0.5) / 3) < 1e-12 and abs(mean["acc_norm"] - 0.5) < 1e-12
+    assert list(eval_qa.summarize({"pubmedqa": results["pubmedqa"]})) == []
+
+
+def test_the_whole_suite_in_one_command(hf_dir, tmp_path, capsys):
+    res = eval_qa.main(["--bench=all", f"--data_root={data_path()}", f"--init_from={hf_dir}", "--device=cpu",
+                        "--dtype=float32", "--limit=2", f"--out={tmp_path}"])
+    assert list(res) == list(qa_data.BENCHMARKS) and all(r["n"] == 2 for r in res.values())
+    saved = json.load(open(tmp_path / "results.json"))
+    assert list(saved["summary"]) == ["mmlu_medical (pooled)", "mean of 9 tasks"]
+    assert saved["summary"]["mmlu_medical (pooled)"]["n"] == 12
+    md = open(tmp_path / "results.md").read().splitlines()
+    assert len([l for l in md if l.startswith("| ")]) == 1 + 9 + 2  # the header, nine tasks, pooled MMLU and the mean
+    assert len(open(tmp_path / "predictions.jsonl").readlines()) == 18
+    assert not list(tmp_path.glob("*.tmp"))
+    out = capsys.readouterr().out
+    assert "mmlu_professional_medicine" in out and "mean of 9 tasks" in out
+
+
+def test_missing_subject_file_names_path_and_source(tmp_path, hf_dir):
+    with pytest.raises(SystemExit, match=r"mmlu_anatomy: no data file .*mmlu_medical/anatomy_test.csv .*hendrycks"):
+        eval_qa.main(["--bench=mmlu", f"--data_root={tmp_path}", f"--init_from={hf_dir}", f"--out={tmp_path / 'o'}"])
 
 
 def test_acc_norm_divides_by_choice_length(tmp_path, sp_tok, monkeypatch):

@@ -137,8 +137,8 @@ def test_pubmedqa_errors_and_unknown_bench(tmp_path):
     p.write_text(json.dumps(recs))
     with pytest.raises(qa_data.QAFormatError, match="field 'CONTEXTS'"):
         qa_data.load("pubmedqa", str(p), split="all")
-    with pytest.raises(ValueError, match="unknown benchmark 'mmlu'; known: pubmedqa, medmcqa, usmle"):
-        qa_data.load("mmlu", str(p))
+    with pytest.raises(ValueError, match="unknown benchmark 'mmlu_virology'; known: pubmedqa, medmcqa, usmle"):
+        qa_data.load("mmlu_virology", str(p))
 
 
 def test_official_split_files_are_their_split_alone(tmp_path):
@@ -161,3 +161,74 @@ def test_official_split_files_are_their_split_alone(tmp_path):
     assert len(qa_data.load("pubmedqa", str(dev), split="train")) == 500
     with pytest.raises(qa_data.QAFormatError, match="holds only train questions"):
         qa_data.load("pubmedqa", str(dev))
+
+
+# --- MMLU's medical subjects, any number of options, benchmark groups ------------------------------------------------
+
+# per subject: questions and answers A/B/C/D, from mmlu_medical/PROVENANCE.md (the official test split's counts)
+MMLU_COUNTS = {"anatomy": (25, 34, 45, 31), "clinical_knowledge": (57, 71, 58, 79), "college_biology": (37, 32, 37, 38),
+               "college_medicine": (36, 36, 43, 58), "medical_genetics": (30, 26, 20, 24),
+               "professional_medicine": (50, 55, 45, 122)}
+
+
+def test_mmlu_real_files():
+    total = 0
+    for subject, counts in MMLU_COUNTS.items():
+        ex = qa_data.load(f"mmlu_{subject}", data_path("mmlu_medical", f"{subject}_test.csv"))
+        assert tuple(sum(e.gold == j for e in ex) for j in range(4)) == counts, subject
+        assert all(e.choices == [" A", " B", " C", " D"] and e.info["subject"] == subject for e in ex)
+        total += len(ex)
+    assert total == 1089
+    first = qa_data.load("mmlu_anatomy", data_path("mmlu_medical", "anatomy_test.csv"))[0]
+    assert first.prompt == (  # the harness' MMLU prompt: its description line, the question, lettered options
+        "The following are multiple choice questions (with answers) about anatomy.\n\n"
+        "A lesion causing compression of the facial nerve at the stylomastoid foramen will cause ipsilateral\n"
+        "A. paralysis of the facial muscles.\nB. paralysis of the facial muscles and loss of taste.\n"
+        "C. paralysis of the facial muscles, loss of taste and lacrimation.\n"
+        "D. paralysis of the facial muscles, loss of taste, lacrimation and decreased salivation.\nAnswer:")
+    assert first.answer == " A" and first.id == "anatomy/0"
+    ck = qa_data.load("mmlu_clinical_knowledge", data_path("mmlu_medical", "clinical_knowledge_test.csv"))[0]
+    assert ck.prompt.startswith("The following are multiple choice questions (with answers) about clinical knowledge.")
+
+
+def test_mmlu_csv_quoting_and_errors(tmp_path):
+    p = tmp_path / "anatomy_test.csv"
+    p.write_text('"A ""quoted"", two-line\nquestion  ",x,"y, z",w,"v\nw",D\n')
+    e = qa_data.load("mmlu_anatomy", str(p))[0]
+    assert e.prompt.endswith('about anatomy.\n\nA "quoted", two-line\nquestion\nA. x\nB. y, z\nC. w\nD. v\nw\nAnswer:')
+    assert e.gold == 3
+    p.write_text("q,a,b,c,d,A\nq,a,b,c,d,e,B\n")
+    with pytest.raises(qa_data.QAFormatError, match=r"anatomy_test.csv:row 2 \(ending on line 2\): 7 fields, expected 6"):
+        qa_data.load("mmlu_anatomy", str(p))
+    p.write_text('"q\n\n",a,b,c,d,A\nq,a,b,c,d,E\n')
+    with pytest.raises(qa_data.QAFormatError, match=r"anatomy_test.csv:row 2 \(ending on line 4\): field 'answer': 'E' "
+                                                    "is not one of the listed letters"):
+        qa_data.load("mmlu_anatomy", str(p))
+    p.write_text("q,a,b,c,d,a\n")
+    with pytest.raises(qa_data.QAFormatError, match="row 1 .*field 'answer': 'a'"):
+        qa_data.load("mmlu_anatomy", str(p))
+
+
+def test_five_option_medqa(tmp_path):
+    rec = {**US, "options": {**US["options"], "E": "e"}, "answer_idx": "E", "answer": "e"}
+    e = qa_data.load("usmle", write_lines(tmp_path, "5.jsonl", [rec]))[0]
+    assert e.choices == [" A", " B", " C", " D", " E"] and e.gold == 4
+    assert e.prompt == "Question: q?\nA. a\nB. b\nC. c\nD. d\nE. e\nAnswer:"
+
+
+def test_bench_groups():
+    assert qa_data.expand_benches("all") == ["pubmedqa", "medmcqa", "usmle", "mmlu_anatomy", "mmlu_clinical_knowledge",
+                                             "mmlu_college_biology", "mmlu_college_medicine", "mmlu_medical_genetics",
+                                             "mmlu_professional_medicine"]
+    assert qa_data.expand_benches("mmlu_anatomy, pubmedqa,mmlu") == ["mmlu_anatomy", "pubmedqa"] + [
+        f"mmlu_{s}" for s in MMLU_COUNTS if s != "anatomy"]
+    with pytest.raises(ValueError, match="unknown benchmark 'mmlu_virology'"):
+        qa_data.expand_benches("pubmedqa,mmlu_virology")
+
+
+def test_few_shot_layout_states_the_description_once():
+    shots = [qa_data.QAExample(str(i), f"D\n\nQ{i}\nAnswer:", [" A", " B"], i % 2, description="D\n\n")
+             for i in range(2)]
+    q = qa_data.QAExample("q", "D\n\nQ\nAnswer:", [" A", " B"], 0, description="D\n\n")
+    assert qa_data.render(q, shots) == "D\n\nQ0\nAnswer: A\n\nQ1\nAnswer: B\n\nQ\nAnswer:"
+    assert qa_data.render(q) == q.prompt
