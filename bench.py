@@ -8,8 +8,9 @@ Benchmarks: measure and print (never asserted; the tests check correctness).
     python bench.py --what=model --compile=True     # the same with torch.compile on both
     python bench.py --what=model --device=cuda      # the same on a GPU, bf16 on both sides (GPU peak memory)
     python bench.py --what=fsdp          # GPU: bf16 FSDP2 training step of a ~1B LLaMA, tokens/s, MFU, peak memory
-    python bench.py --what=memplan       # LLaMA-7B per-GPU memory (configs/pmc.py) from the shapes; on a GPU also
-                                         # measured on a 7B-wide model with fewer layers
+    python bench.py --what=memplan       # LLaMA-7B per-GPU memory (configs/pmc.py) from the shapes (memplan.py), in
+                                         # both gradient-sync modes; on a GPU also measured on a 7B-wide model with
+                                         # fewer layers
 
 Results are printed as a table and written as JSON (--out).
 """
@@ -21,6 +22,7 @@ import tempfile
 import time
 
 from configurator import configure
+from memplan import GiB, OVERHEAD_GIB, largest_micro_batch, memory_plan, param_counts
 
 what = "corpus"
 data_root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared", "data")
@@ -410,83 +412,25 @@ def bench_fsdp(cfg):
 
 
 # -----------------------------------------------------------------------------
-# the memory plan: train.py's per-GPU memory for LLaMA-7B from the shapes (README, "Memory plan for LLaMA-7B")
+# the memory plan (memplan.py) of configs/pmc.py, and on a GPU measured (README, "Memory plan for LLaMA-7B")
 
-GiB = 2**30
-OVERHEAD_GIB = 3.0  # beyond PyTorch's allocated bytes: CUDA context, NCCL and cuBLAS workspaces, allocator slack
-
-
-def param_counts(args):
-    """(all parameters, one block's, the root's: embeddings, final norm, head), from the shapes."""
-    q, kv = args.n_heads * args.head_dim, args.n_kv_heads * args.head_dim
-    block = args.dim * (2 * q + 2 * kv) + 3 * args.dim * args.intermediate_size + 2 * args.dim
-    root = args.vocab_size * args.dim * (1 if args.tie_word_embeddings else 2) + args.dim
-    return args.n_layers * block + root, block, root
-
-
-def saved_bytes_per_token(args):
-    """Bytes that autograd keeps per token for one block's backward, eager bf16 (tests/test_gpu_script.py counts them
-    with saved_tensors_hooks): each RMSNorm its fp32 input, its bf16 normalised value and its output, the next
-    linear's input (8 dim, + a fp32 rsqrt); attention's q, k, v after rotation and its output, which is o_proj's input
-    (flash attention keeps no T x T matrix, only a fp32 logsumexp per head); SwiGLU's gate, up, silu(gate) and their
-    product (8 intermediate); the rotary cos/sin rows cast for q and k (per position, counted per token)."""
-    q, kv = args.n_heads * args.head_dim, args.n_kv_heads * args.head_dim
-    norms = 2 * ((4 + 2 + 2) * args.dim + 4)
-    attention = 2 * (2 * q + 2 * kv) + 4 * args.n_heads + 4 * 2 * args.head_dim
-    return norms + attention + 8 * args.intermediate_size
-
-
-def memory_plan(args, world, micro, seq, grad_accum, activation_checkpointing=True):
-    """Peak bytes PyTorch allocates per GPU in one train.py step (bf16 FSDP2 over `world` GPUs, fp32 master weights
-    and AdamW states, micro-batch micro x seq), term by term: -> (terms, peak). Each term is (what, bytes, when):
-    'always' (held through the step), 'loss' (only while the chunked loss runs) or 'backward' (only in backward);
-    peak = always + max(loss, backward). Eager kernels; compiled blocks save less."""
-    from kernels import LinearCrossEntropy
-    n, block, root = param_counts(args)
-    d, i, V, L, tokens = args.dim, args.intermediate_size, args.vocab_size, args.n_layers, micro * seq
-    chunk = min(max(1, LinearCrossEntropy.chunk_elems // V), tokens)
-    per_token = saved_bytes_per_token(args)
-    ac = activation_checkpointing
-    terms = [
-        ("fp32 master weights, sharded: 4 B/param / world", 4 * n / world, "always"),
-        ("AdamW exp_avg + exp_avg_sq, fp32, sharded: 8 B/param / world", 8 * n / world, "always"),
-        ("fp32 gradient accumulator, unsharded (grad_accum > 1): 4 B/param", 4 * n if grad_accum > 1 else 0, "always"),
-        ("bf16 parameters gathered: the root + 4 blocks in flight", 2 * root + 4 * 2 * block, "always"),
-        ("activation checkpoints: each block's bf16 input" if ac else "saved activations of every block",
-         L * (2 * d if ac else per_token) * tokens, "always"),
-        ("loss: fp32 head gradient + its bf16/fp32 temporaries, logit chunks, final norm",
-         10 * V * d + 8 * chunk * V + (2 + 8) * d * tokens, "loss"),
-        ("fp32 gradients, sharded: 4 B/param / world", 4 * n / world, "backward"),
-        ("one block recomputed for its backward", per_token * tokens if ac else 0, "backward"),
-        ("backward temporaries: activation gradients, a block's bf16 + fp32 weight gradients",
-         (4 * d + 6 * i) * tokens + 6 * block, "backward"),
-    ]
-    total = {w: sum(b for _, b, when in terms if when == w) for w in ("always", "loss", "backward")}
-    return terms, total["always"] + max(total["loss"], total["backward"])
-
-
-def largest_micro_batch(args, world, seq, grad_accum, card_gib, overhead_gib=OVERHEAD_GIB):
-    """The largest micro-batch whose planned peak plus the overhead fits a card of card_gib GiB (0: none fits)."""
-    b = 0
-    while memory_plan(args, world, b + 1, seq, grad_accum)[1] + overhead_gib * GiB <= card_gib * GiB:
-        b += 1
-    return b
+MODES = {"reduce-scatter every micro-step": False, "deferred sync": True}  # train.py's defer_grad_sync
 
 
 def _measure_memplan(cfg, args):
     """LLaMA-7B's layers, memplan_layers of them, on this one GPU (world 1): bf16 FSDP2, activation checkpointing,
-    micro-batch 4 x 512, grad_accum 2, two optimizer steps; peak allocated memory against the plan's figure."""
+    micro-batch 4 x 512, grad_accum 2, two of train.py's own train_step in each gradient-sync mode; peak allocated
+    memory of each against the plan's figure."""
     from dataclasses import replace
     from types import SimpleNamespace
     import torch
     import train
-    from kernels import linear_cross_entropy
     from model import Transformer
     from weights import materialize
     small = replace(args, n_layers=cfg["memplan_layers"])
     micro, seq, ga = 4, 512, 2
     ctx = train.setup_distributed(cfg["device"])
-    c = SimpleNamespace(dtype="bfloat16", compile=False, activation_checkpointing=True, seed=0)
+    c = SimpleNamespace(dtype="bfloat16", compile=False, activation_checkpointing=True, seed=0, grad_clip=1.0)
     with torch.device("meta"):
         model = Transformer(small)
     train.shard_model(model, c, ctx.device)
@@ -495,59 +439,75 @@ def _measure_memplan(cfg, args):
         for p in model.parameters():
             (p.to_local() if hasattr(p, "to_local") else p).normal_(0.0, 0.02)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
-    torch.cuda.reset_peak_memory_stats()
-    for _ in range(2):  # the second step holds AdamW's states from the start
-        for m in range(ga):
-            x = torch.randint(0, small.vocab_size, (micro, seq), device=ctx.device)
-            model.set_requires_gradient_sync(m == ga - 1)
-            _, loss = model(x, torch.roll(x, -1, 1), reduction="sum", loss_fn=linear_cross_entropy)
-            loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    torch.cuda.synchronize()
-    measured, reserved = torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()
-    _, planned = memory_plan(small, 1, micro, seq, ga)
+    rows = []
+    for mode, defer in MODES.items():
+        c.defer_grad_sync = defer
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        for _ in range(2):  # the second step holds AdamW's states from the start
+            xs = [torch.randint(0, small.vocab_size, (micro, seq), device=ctx.device) for _ in range(ga)]
+            train.train_step(model, opt, [(x, torch.roll(x, -1, 1)) for x in xs], c, ctx)
+        torch.cuda.synchronize()
+        measured, reserved = torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()
+        planned = memory_plan(small, 1, micro, seq, ga, defer_grad_sync=defer)[1]
+        rows.append(dict(mode=mode, layers=small.n_layers, params=param_counts(small)[0], micro=micro, grad_accum=ga,
+                         planned_gib=planned / GiB, measured_gib=measured / GiB, reserved_gib=reserved / GiB,
+                         measured_over_planned=measured / planned, gpu=torch.cuda.get_device_name()))
     torch.distributed.destroy_process_group()
-    return dict(layers=small.n_layers, params=param_counts(small)[0], micro=micro, grad_accum=ga,
-                planned_gib=planned / GiB, measured_gib=measured / GiB, reserved_gib=reserved / GiB,
-                measured_over_planned=measured / planned, gpu=torch.cuda.get_device_name())
+    return rows
+
+
+def _plan_rows(args, world, seq, gbs):
+    """The micro-batches that divide the paper's global batch, in both gradient-sync modes."""
+    rows = []
+    for mode, defer in MODES.items():
+        for micro in (1, 2, 4, 8, 16):
+            ga = gbs // (micro * world)
+            p = memory_plan(args, world, micro, seq, ga, defer_grad_sync=defer)[1] / GiB
+            rows.append(dict(mode=mode, micro=micro, grad_accum=ga, peak_gib=p, card_gib=p + OVERHEAD_GIB,
+                             fits_40=p + OVERHEAD_GIB <= 40, fits_80=p + OVERHEAD_GIB <= 80))
+    return rows
 
 
 def bench_memplan(cfg):
     """configs/pmc.py's per-GPU memory (LLaMA-7B, 8 GPUs, micro-batch 4 x 512, grad_accum 4, activation
-    checkpointing) from the shapes, the other micro-batches of its global batch, and the largest micro-batch that
-    fits 40 and 80 GiB cards; on a GPU also measured on LLaMA-7B's layers with fewer of them."""
+    checkpointing) from the shapes in both gradient-sync modes, the other micro-batches of its global batch, and the
+    largest micro-batch that fits 40 and 80 GiB cards; on a GPU also measured on LLaMA-7B's layers with fewer of
+    them."""
     import torch
     from model import preset
     args, world, seq, gbs = preset("llama-7b"), 8, 512, 128
-    terms, peak = memory_plan(args, world, 4, seq, gbs // (4 * world))
+    ga = gbs // (4 * world)
+    plans = {mode: memory_plan(args, world, 4, seq, ga, defer_grad_sync=defer) for mode, defer in MODES.items()}
     print(f"LLaMA-7B ({param_counts(args)[0]:,} parameters), FSDP2 over {world} GPUs, bf16, activation "
-          f"checkpointing, micro-batch 4 x {seq}, grad_accum {gbs // (4 * world)}: per-GPU memory by term")
-    print_table([dict(what=w, gib=b / GiB, when=when) for w, b, when in terms],
-                [("term", "what", "{}"), ("GiB", "gib", "{:.2f}"), ("held", "when", "{}")])
-    rows = []
-    for micro in (1, 2, 4, 8, 16):
-        ga = gbs // (micro * world)
-        p = memory_plan(args, world, micro, seq, ga)[1] / GiB
-        rows.append(dict(micro=micro, grad_accum=ga, peak_gib=p, card_gib=p + OVERHEAD_GIB,
-                         fits_40=p + OVERHEAD_GIB <= 40, fits_80=p + OVERHEAD_GIB <= 80))
+          f"checkpointing, micro-batch 4 x {seq}, grad_accum {ga}: per-GPU memory by term (GiB)")
+    (terms, peak), (terms_d, peak_d) = plans.values()
+    print_table([dict(what=w, gib=b / GiB, gib_d=bd / GiB, when=when, when_d=wd)
+                 for (w, b, when), (_, bd, wd) in zip(terms, terms_d)] +
+                [dict(what="peak allocated", gib=peak / GiB, gib_d=peak_d / GiB, when="", when_d="")],
+                [("term", "what", "{}"), ("every micro-step", "gib", "{:.2f}"), ("held", "when", "{}"),
+                 ("deferred", "gib_d", "{:.2f}"), ("held", "when_d", "{}")])
+    rows = _plan_rows(args, world, seq, gbs)
     print(f"\nthe paper's global batch {gbs} on {world} GPUs (card = allocated peak + {OVERHEAD_GIB:g} GiB overhead)")
-    print_table(rows, [("micro-batch", "micro", "{}"), ("grad_accum", "grad_accum", "{}"),
+    print_table(rows, [("gradient sync", "mode", "{}"), ("micro-batch", "micro", "{}"),
+                       ("grad_accum", "grad_accum", "{}"),
                        ("peak GiB", "peak_gib", "{:.1f}"), ("card GiB", "card_gib", "{:.1f}"),
                        ("fits 40", "fits_40", "{}"), ("fits 80", "fits_80", "{}")])
-    largest = {f"{card}GiB_grad_accum_{'gt1' if ga > 1 else '1'}": largest_micro_batch(args, world, seq, ga, card)
-               for card in (40, 80) for ga in (2, 1)}
-    print("\nlargest micro-batch (memory alone, any global batch): " + ", ".join(f"{k}: {v}" for k, v in largest.items()))
-    result = {"terms": [dict(what=w, bytes=b, when=when) for w, b, when in terms], "peak_bytes": peak,
-              "global_batch_rows": rows, "largest_micro_batch": largest}
-    device = cfg["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda"):
-        m = _measure_memplan(cfg, args)
-        print(f"\nmeasured on {m['gpu']}: LLaMA-7B layers x {m['layers']} ({m['params'] / 1e9:.2f}B parameters), 1 GPU, "
-              f"micro-batch {m['micro']} x {seq}, grad_accum {m['grad_accum']}: peak allocated {m['measured_gib']:.2f} GiB "
-              f"(reserved {m['reserved_gib']:.2f}), plan {m['planned_gib']:.2f} GiB: measured/plan "
-              f"{m['measured_over_planned']:.2f}")
-        result["measured"] = m
+    largest = {f"{card}GiB_grad_accum_{'gt1' if ga > 1 else '1'}{'_deferred' if defer else ''}":
+               largest_micro_batch(args, world, seq, ga, card, defer_grad_sync=defer)
+               for defer in (False, True) for card in (40, 80) for ga in (2, 1)}
+    print("\nlargest micro-batch (memory alone, any global batch): "
+          + ", ".join(f"{k}: {v}" for k, v in largest.items()))
+    result = {mode: {"terms": [dict(what=w, bytes=b, when=when) for w, b, when in t], "peak_bytes": p}
+              for mode, (t, p) in plans.items()}
+    result.update(peak_bytes=peak, peak_bytes_deferred=peak_d, global_batch_rows=rows, largest_micro_batch=largest)
+    if (cfg["device"] or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda"):
+        result["measured"] = _measure_memplan(cfg, args)
+        for m in result["measured"]:
+            print(f"\nmeasured on {m['gpu']}, {m['mode']}: LLaMA-7B layers x {m['layers']} ({m['params'] / 1e9:.2f}B "
+                  f"parameters), 1 GPU, micro-batch {m['micro']} x {seq}, grad_accum {m['grad_accum']}: peak allocated "
+                  f"{m['measured_gib']:.2f} GiB (reserved {m['reserved_gib']:.2f}), plan {m['planned_gib']:.2f} GiB: "
+                  f"measured/plan {m['measured_over_planned']:.2f}")
     return result
 
 

@@ -56,6 +56,11 @@ weight_decay = 0.0
 beta1 = 0.9
 beta2 = 0.95
 grad_clip = 1.0  # 0 disables
+# with grad_accum > 1: False reduce-scatters the gradients after every micro-step, so each GPU only ever holds its
+# shard of them (4 B/param / world); True reduce-scatters once, after the last micro-step (a quarter of the
+# reduce-scatters at grad_accum 4), but FSDP2 then keeps every parameter's unsharded fp32 gradient between
+# micro-steps, 4 B/param on every GPU: 25 GiB at 7B, which takes configs/pmc.py from ~17 to ~42 GiB per GPU (memplan.py)
+defer_grad_sync = False
 dtype = "bfloat16"  # 'bfloat16': bf16 compute, fp32 master weights and gradient reduction; 'float32'
 activation_checkpointing = False
 compile = False  # torch.compile each block (off by default on CPU)
@@ -67,7 +72,7 @@ log_interval = 1
 ckpt_interval = 500  # steps between checkpoints (and at the end); 0: only at the end; -1: none but on preemption
 keep_checkpoints = 2  # newest complete checkpoints kept
 export_dtype = "bfloat16"  # dtype of the final HF export ('' to skip the export)
-export_only = False  # with init_from='resume': write the HF export of the newest checkpoint and exit
+export_only = False  # write the HF export of init_from (with 'resume': of the newest checkpoint) and exit
 eval_only = False  # measure the held-out loss / perplexity of init_from on data_dir's val split, and exit
 # -----------------------------------------------------------------------------
 
@@ -355,94 +360,147 @@ class Preemption:
         self.requested = True
 
 
-def fit(model, data, c, ctx, model_args, val_data=None, export=None):
-    """Train `model` (already sharded) on `data` (steps_per_epoch, micro_batches(epoch, step) -> (x, y) pairs).
-
-    Resumes from the newest checkpoint when c.init_from == 'resume'. The loss of a step is the mean over every
-    target token of the whole global batch (sum over micro-batches and ranks / their token count), so it does not
-    depend on how the batch is split across processes. export(model) is called at the end.
-    """
-    from tqdm import tqdm
+def make_optimizer(model, c):
+    """AdamW over the trainable parameters, weight decay on matrices only (not on norms)."""
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": c.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=c.learning_rate, betas=(c.beta1, c.beta2), eps=1e-8,
-                            fused=True)  # one kernel for all parameters: ~5x faster than foreach on CPU
-    total = c.max_iters if c.max_iters > 0 else math.ceil(c.epochs * data.steps_per_epoch)
-    it = 0
-    if c.init_from == "resume":
-        path = resume_checkpoint(c.out_dir)
-        it = load_checkpoint(model, opt, path, ctx)["iter"]
-        if ctx.master:
-            print(f"resumed from {path} at iteration {it}")
-    if c.export_only:
-        return export(model) if export else None
-    n_params = sum(p.numel() for p in model.parameters())
-    fpt = flops_per_token(model_args, n_params, c.block_size)
-    peak = peak_flops(ctx.device)
-    preempt = Preemption()
-    log_path = os.path.join(c.out_dir, "log.jsonl")
-    bar = tqdm(total=total, initial=it, desc="train", disable=not ctx.master, dynamic_ncols=True)
-    model.train()
-    tokens_seen, seen_last, t_last = 0, 0, time.perf_counter()
-    loss_val = None
-    while it < total:
-        epoch, step = divmod(it, data.steps_per_epoch)
-        lr = get_lr(it, total, c)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        batches = [(x.to(ctx.device), y.to(ctx.device)) for x, y in data.micro_batches(epoch, step)]
-        n_tok, n_seen = all_sum(sum(int((y != -100).sum()) for _, y in batches), sum(x.numel() for x, _ in batches),
-                                device=ctx.device)
-        tokens_seen += n_seen
-        loss_sum = 0.0
-        for m, (x, y) in enumerate(batches):
-            model.set_requires_gradient_sync(m == len(batches) - 1)  # reduce-scatter once, on the last micro-step
-            _, loss = model(x, y, reduction="sum", loss_fn=linear_cross_entropy)
-            # FSDP averages gradients over ranks: scale by world so the result is sum(loss) / n_tok
-            (loss * (ctx.world / max(n_tok, 1))).backward()
-            loss_sum += loss.item()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, c.grad_clip if c.grad_clip > 0 else float("inf"))
-        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-        (loss_sum, stop) = all_sum(loss_sum, preempt.requested, device=ctx.device)
-        loss_val = loss_sum / max(n_tok, 1)
-        if not math.isfinite(loss_val) or not math.isfinite(float(grad_norm)):
-            bar.close()
-            last = latest_checkpoint(c.out_dir)
-            raise FloatingPointError(f"non-finite loss {loss_val} / grad norm {float(grad_norm)} at iteration {it}; "
-                                     f"stopped without saving (last good checkpoint: {last})")
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        it += 1
-        bar.update(1)
-        rec = None
-        if it % c.log_interval == 0 or it == total:
-            now = time.perf_counter()
-            tps = (tokens_seen - seen_last) / max(now - t_last, 1e-9)  # tokens processed, padding included
-            seen_last, t_last = tokens_seen, now
-            rec = {"iter": it, "epoch": round(it / data.steps_per_epoch, 4), "loss": loss_val, "lr": lr,
-                   "grad_norm": float(grad_norm), "tokens_per_s": round(tps, 1),
-                   "mfu": round(tps * fpt / (peak * ctx.world), 4) if peak else None}
-        if val_data is not None and c.eval_interval > 0 and (it % c.eval_interval == 0 or it == total):
-            v, _ = evaluate(model, val_data, c, ctx)
-            rec = {**(rec or {"iter": it, "epoch": round(it / data.steps_per_epoch, 4)}), "val_loss": v,
-                   "val_ppl": math.exp(min(v, 50))}
-        if rec and ctx.master:
-            with open(log_path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
-            bar.set_postfix(loss=f"{loss_val:.4f}", refresh=False)
-        if stop or (c.ckpt_interval > 0 and it % c.ckpt_interval == 0) or (it == total and c.ckpt_interval >= 0):
-            save_checkpoint(model, opt, {"iter": it, "epoch": epoch, "step_in_epoch": step + 1, "seed": c.seed}, c, ctx,
-                            model_args)
-        if stop:
-            if ctx.master:
-                print(f"\npreempted: checkpoint saved at iteration {it}; resume with --init_from=resume")
-            bar.close()
-            return None
-    bar.close()
+    groups = [{"params": decay, "weight_decay": c.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=c.learning_rate, betas=(c.beta1, c.beta2), eps=1e-8,
+                             fused=True)  # one kernel for all parameters: ~5x faster than foreach on CPU
+
+
+def train_step(model, opt, batches, c, ctx):
+    """One optimizer step on this rank's micro-batches [(x, y)] of the global batch: -> (loss, grad norm, tokens).
+
+    The loss is the mean over every target token of the whole global batch (sum over micro-batches and ranks / their
+    token count), so it does not depend on how the batch is split across processes; tokens counts every position of
+    every rank, padding included. Gradients are reduce-scattered after each micro-step, so that only their shards
+    accumulate; c.defer_grad_sync reduce-scatters once, after the last (see its setting for the memory that costs).
+    A non-finite loss or gradient norm raises FloatingPointError before the optimizer steps."""
+    n_tok, n_seen = all_sum(sum(int((y != -100).sum()) for _, y in batches), sum(x.numel() for x, _ in batches),
+                            device=ctx.device)
+    loss_sum = 0.0
+    for m, (x, y) in enumerate(batches):
+        model.set_requires_gradient_sync(not c.defer_grad_sync or m == len(batches) - 1)
+        _, loss = model(x, y, reduction="sum", loss_fn=linear_cross_entropy)
+        # FSDP averages gradients over ranks: scale by world so the result is sum(loss) / n_tok
+        (loss * (ctx.world / max(n_tok, 1))).backward()
+        loss_sum += loss.item()
+    params = [p for p in model.parameters() if p.requires_grad]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, c.grad_clip if c.grad_clip > 0 else float("inf"))
+    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+    loss_val = all_sum(loss_sum, device=ctx.device)[0] / max(n_tok, 1)
+    if not math.isfinite(loss_val) or not math.isfinite(grad_norm):
+        raise FloatingPointError(f"non-finite loss {loss_val} / grad norm {grad_norm}")
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss_val, grad_norm, n_seen
+
+
+class Throughput:
+    """Tokens per second (padding included) and MFU over the steps since the last reading."""
+
+    def __init__(self, model, model_args, c, ctx):
+        n_params = sum(p.numel() for p in model.parameters())
+        self.flops_per_token = flops_per_token(model_args, n_params, c.block_size)
+        peak = peak_flops(ctx.device)
+        self.peak = peak * ctx.world if peak else None  # the whole job's
+        self.tokens, self.t = 0, time.perf_counter()
+
+    def read(self):
+        now = time.perf_counter()
+        tps = self.tokens / max(now - self.t, 1e-9)
+        self.tokens, self.t = 0, now
+        return round(tps, 1), round(tps * self.flops_per_token / self.peak, 4) if self.peak else None
+
+
+def due(it, total, interval):
+    """Every `interval` steps and at the last; never when interval <= 0."""
+    return interval > 0 and (it % interval == 0 or it == total)
+
+
+def checkpoint_due(it, total, c):
+    """Every ckpt_interval steps and at the end; ckpt_interval=0: only at the end; -1: never (preemption aside)."""
+    return (c.ckpt_interval > 0 and it % c.ckpt_interval == 0) or (it == total and c.ckpt_interval >= 0)
+
+
+def preemption_requested(preempt, ctx):
+    """Whether any rank was signalled: every rank then saves the same checkpoint and stops."""
+    return all_sum(preempt.requested, device=ctx.device)[0] > 0
+
+
+def record(it, total, steps_per_epoch, c, meter, val_loss, **step):
+    """The log line of iteration `it`, or None: the step's values every log_interval steps, the held-out loss
+    (val_loss(), or None for no validation) every eval_interval steps; both at the last."""
+    rec = {}
+    if due(it, total, c.log_interval):
+        tps, mfu = meter.read()
+        rec.update(step, tokens_per_s=tps, mfu=mfu)
+    if val_loss is not None and due(it, total, c.eval_interval):
+        v = val_loss()
+        rec.update(val_loss=v, val_ppl=math.exp(min(v, 50)))
+    return {"iter": it, "epoch": round(it / steps_per_epoch, 4), **rec} if rec else None
+
+
+def write_log(rec, path, ctx):
+    if rec and ctx.master:
+        with open(path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+
+def resume(model, opt, c, ctx):
+    """Model, optimizer and RNG state from the newest checkpoint in out_dir: -> the iteration it was saved at."""
+    path = resume_checkpoint(c.out_dir)
+    it = load_checkpoint(model, opt, path, ctx)["iter"]
     if ctx.master:
-        print(f"done: {it} iterations, final loss {loss_val if loss_val is not None else float('nan'):.4f}, "
+        print(f"resumed from {path} at iteration {it}")
+    return it
+
+
+def fit(model, data, c, ctx, model_args, val_data=None, export=None):
+    """Train `model` (already sharded) on `data` (steps_per_epoch, micro_batches(epoch, step) -> (x, y) pairs):
+    each iteration one train_step, then the decisions: log, evaluate, checkpoint, stop on preemption.
+
+    Resumes from the newest checkpoint when c.init_from == 'resume'. export(model) is called at the end.
+    """
+    from tqdm import tqdm
+    opt = make_optimizer(model, c)
+    total = c.max_iters if c.max_iters > 0 else math.ceil(c.epochs * data.steps_per_epoch)
+    it = resume(model, opt, c, ctx) if c.init_from == "resume" else 0
+    meter, preempt = Throughput(model, model_args, c, ctx), Preemption()
+    log_path = os.path.join(c.out_dir, "log.jsonl")
+    model.train()
+    loss = None
+    with tqdm(total=total, initial=it, desc="train", disable=not ctx.master, dynamic_ncols=True) as bar:
+        while it < total:
+            epoch, step = divmod(it, data.steps_per_epoch)
+            lr = get_lr(it, total, c)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            batches = [(x.to(ctx.device), y.to(ctx.device)) for x, y in data.micro_batches(epoch, step)]
+            try:
+                loss, grad_norm, n_seen = train_step(model, opt, batches, c, ctx)
+            except FloatingPointError as e:
+                raise FloatingPointError(f"{e} at iteration {it}; stopped without saving (last good checkpoint: "
+                                         f"{latest_checkpoint(c.out_dir)})") from None
+            meter.tokens += n_seen
+            it += 1
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            bar.update(1)
+            val_loss = None if val_data is None else (lambda: evaluate(model, val_data, c, ctx)[0])
+            rec = record(it, total, data.steps_per_epoch, c, meter, val_loss, loss=loss, lr=lr, grad_norm=grad_norm)
+            write_log(rec, log_path, ctx)
+            stop = preemption_requested(preempt, ctx)
+            if stop or checkpoint_due(it, total, c):
+                save_checkpoint(model, opt, {"iter": it, "epoch": epoch, "step_in_epoch": step + 1, "seed": c.seed}, c,
+                                ctx, model_args)
+            if stop:
+                if ctx.master:
+                    print(f"\npreempted: checkpoint saved at iteration {it}; resume with --init_from=resume")
+                return None
+    if ctx.master:
+        print(f"done: {it} iterations, final loss {loss if loss is not None else float('nan'):.4f}, "
               f"peak memory {peak_memory_mib(ctx.device):,.0f} MiB, log in {log_path}")
     return export(model) if export else None
 
@@ -468,12 +526,14 @@ def scratch_args(c, vocab_size):
                      vocab_size=vocab_size, intermediate_size=c.intermediate_size, max_seq_len=c.block_size)
 
 
-def main(argv=None):
-    cfg = configure(dict(globals()), argv)  # a copy: the defaults stay untouched
-    ctx = setup_distributed(cfg["device"])
-    c = resolve(cfg, ctx)
-    torch.manual_seed(c.seed)
-    from prepare_corpus import load_split
+def write_json(path, obj):
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(path + ".tmp", path)  # a crash never leaves a half-written file under the final name
+
+
+def corpus_meta(c):
+    """data_dir's meta.json (prepare_corpus.py's record of the corpus); fills in c.tokenizer from it."""
     require(os.path.join(c.data_dir, "meta.json"), "data_dir (its meta.json)",
             "prepare_corpus.py writes it, e.g. python prepare_corpus.py --source=s2orc --input=/data/s2orc "
             f"--tokenizer=/models/llama-7b-hf --out_dir={c.data_dir} (README: The corpus)")
@@ -483,9 +543,14 @@ def main(argv=None):
         meta = json.load(f)
     c.tokenizer = c.tokenizer or meta["tokenizer"]
     require(c.tokenizer, "tokenizer", "Give the tokenizer the corpus was prepared with (--tokenizer=...).")
+    return meta
+
+
+def make_model(c, ctx, meta):
+    """The sharded model of init_from: -> (model, its ModelArgs). A resumed model gets its weights in fit()."""
     if c.init_from == "resume":
         model_args = read_hf_config(resume_checkpoint(c.out_dir))
-        model = build_model(c, ctx.device, model_args=model_args)  # weights come from the checkpoint in fit()
+        model = build_model(c, ctx.device, model_args=model_args)
     elif c.init_from == "scratch":
         model_args = scratch_args(c, meta["vocab_size"])
         model = build_model(c, ctx.device, model_args=model_args)
@@ -496,40 +561,68 @@ def main(argv=None):
         raise SystemExit(f"model vocab_size {model_args.vocab_size} < corpus vocab_size {meta['vocab_size']}")
     if ctx.master:
         os.makedirs(c.out_dir, exist_ok=True)
-        with open(os.path.join(c.out_dir, "train_config.json"), "w") as f:
-            json.dump({**vars(c), "world_size": ctx.world, "model": asdict(model_args)}, f, indent=2)
+        write_json(os.path.join(c.out_dir, "train_config.json"),
+                   {**vars(c), "world_size": ctx.world, "model": asdict(model_args)})
         print(f"{sum(p.numel() for p in model.parameters()):,} parameters, {ctx.world} process(es) on "
               f"{ctx.device.type}, grad_accum {c.grad_accum}, global batch {c.global_batch_size} x {c.block_size}")
+    return model, model_args
+
+
+def batch_sources(c, ctx, meta):
+    """(training windows, fixed held-out windows or None when the corpus has no val split) of this rank."""
+    from prepare_corpus import load_split
     pad = meta["eos_id"]
     data = PaperWindows(*load_split(c.data_dir, "train"), c, ctx.rank, ctx.world, pad)
-    val = None
-    if meta["splits"]["val"]["documents"] > 0:
-        # fixed windows: epoch 0's draw of the val papers, the first eval_batches micro-batches per rank
-        vc = SimpleNamespace(**{**vars(c), "grad_accum": c.eval_batches,
-                                "global_batch_size": c.micro_batch_size * c.eval_batches * ctx.world})
-        val = PaperWindows(*load_split(c.data_dir, "val"), vc, ctx.rank, ctx.world, pad, shuffle=False)
+    if meta["splits"]["val"]["documents"] == 0:
+        return data, None
+    # fixed windows: epoch 0's draw of the val papers, the first eval_batches micro-batches per rank
+    vc = SimpleNamespace(**{**vars(c), "grad_accum": c.eval_batches,
+                            "global_batch_size": c.micro_batch_size * c.eval_batches * ctx.world})
+    return data, PaperWindows(*load_split(c.data_dir, "val"), vc, ctx.rank, ctx.world, pad, shuffle=False)
 
-    if c.eval_only:
-        if val is None:
-            raise SystemExit(f"eval_only: {c.data_dir} has no val split (prepare it with --val_fraction > 0)")
-        v, n_tok = evaluate(model, val, c, ctx)
-        result = {"model": c.init_from, "data_dir": c.data_dir, "val_loss": v, "val_ppl": math.exp(v),
-                  "val_tokens": n_tok}
+
+def run_eval_only(model, val, c, ctx):
+    """--eval_only: the held-out loss and perplexity of init_from, written to out_dir/eval.json."""
+    if val is None:
+        raise SystemExit(f"eval_only: {c.data_dir} has no val split (prepare it with --val_fraction > 0)")
+    v, n_tok = evaluate(model, val, c, ctx)
+    result = {"model": c.init_from, "data_dir": c.data_dir, "val_loss": v, "val_ppl": math.exp(v), "val_tokens": n_tok}
+    if ctx.master:
+        write_json(os.path.join(c.out_dir, "eval.json"), result)
+        print(f"val loss {v:.4f}, perplexity {math.exp(v):.2f} ({c.init_from} on {c.data_dir})")
+    return result
+
+
+def run_export_only(model, c, ctx, export):
+    """--export_only: export the model as built; with init_from='resume', the newest checkpoint's weights."""
+    if c.init_from == "resume":
+        load_checkpoint(model, None, resume_checkpoint(c.out_dir), ctx)
+    return export(model) if export else None
+
+
+def export_final(model, model_args, c, ctx):
+    """The HF folder out_dir/hf in export_dtype ('' skips it)."""
+    if c.export_dtype:
+        path = export_hf(model, model_args, os.path.join(c.out_dir, "hf"), c.export_dtype, c.tokenizer, ctx)
         if ctx.master:
-            with open(os.path.join(c.out_dir, "eval.json"), "w") as f:
-                json.dump(result, f, indent=2)
-            print(f"val loss {v:.4f}, perplexity {math.exp(v):.2f} ({c.init_from} on {c.data_dir})")
-        dist.destroy_process_group()
-        return result
+            print(f"exported {path}")
+        return path
 
-    def export(m):
-        if c.export_dtype:
-            path = export_hf(m, model_args, os.path.join(c.out_dir, "hf"), c.export_dtype, c.tokenizer, ctx)
-            if ctx.master:
-                print(f"exported {path}")
-            return path
 
+def main(argv=None):
+    cfg = configure(dict(globals()), argv)  # a copy: the defaults stay untouched
+    ctx = setup_distributed(cfg["device"])
     try:
+        c = resolve(cfg, ctx)
+        torch.manual_seed(c.seed)
+        meta = corpus_meta(c)
+        model, model_args = make_model(c, ctx, meta)
+        data, val = batch_sources(c, ctx, meta)
+        if c.eval_only:
+            return run_eval_only(model, val, c, ctx)
+        export = lambda m: export_final(m, model_args, c, ctx)  # noqa: E731
+        if c.export_only:
+            return run_export_only(model, c, ctx, export)
         return fit(model, data, c, ctx, model_args, val_data=val, export=export)
     finally:
         dist.destroy_process_group()

@@ -9,4 +9,5 @@ out_dir = "out/pmc_llama3_8b"
 init_from = "/models/Meta-Llama-3-8B"  # an HF folder (config.json + safetensors + tokenizer.json), or a .gguf file
 data_dir = "data/pmc_llama3"
 tokenizer = "/models/Meta-Llama-3-8B"  # the folder: tokenizer.json + tokenizer_config.json (add_bos_token)
-micro_batch_size = 2  # per GPU, grad_accum = 128 / (2 x 8) = 8: the 128k-vocabulary head and 8B weights need room
+# micro-batch 4 as configs/pmc.py: 24.3 GiB allocated per GPU by memplan.py (the 128k-vocabulary head and 8B weights,
+# gradients kept sharded), a 40 GB card fits; with defer_grad_sync=True it would need 50.8 GiB

@@ -50,7 +50,9 @@ def test_a_failing_gpu_test_fails_the_script(tmp_path):
 # --- the memory plan ------------------------------------------------------------------------------------
 
 def test_memory_plan_of_configs_pmc_by_hand():
-    from bench import GiB, largest_micro_batch, memory_plan, param_counts
+    """configs/pmc.py (LLaMA-7B, 8 GPUs, micro-batch 4 x 512, grad_accum 4) in both gradient-sync modes, term by
+    term from the shapes, and its peak as their sum worked out here."""
+    from memplan import GiB, largest_micro_batch, memory_plan, param_counts
     from model import Transformer, preset
     args = preset("llama-7b")
     n, block, root = param_counts(args)
@@ -58,21 +60,35 @@ def test_memory_plan_of_configs_pmc_by_hand():
     for name in ("llama2-70b", "llama3.2-1b"):  # grouped-query attention, tied embeddings
         with torch.device("meta"):
             assert param_counts(preset(name))[0] == Transformer(preset(name)).num_params()
-    terms, peak = memory_plan(args, world=8, micro=4, seq=512, grad_accum=4)
-    t = {what.split(":")[0].split(",")[0]: b for what, b, _ in terms}
-    assert t["fp32 master weights"] == 3_369_207_808  # 4 bytes x 6,738,415,616 / 8
-    assert t["AdamW exp_avg + exp_avg_sq"] == 6_738_415_616  # 8 bytes / 8 GPUs
-    assert t["fp32 gradient accumulator"] == 26_953_662_464  # no_sync keeps 4 bytes/param, unsharded
-    assert t["activation checkpoints"] == 32 * 2 * 4096 * 4 * 512  # each block's bf16 input, 2,048 tokens
-    assert 41 < peak / GiB < 43  # configs/pmc.py as shipped: over a 40 GB card, well inside 80 GB
-    assert memory_plan(args, 8, 16, 512, 1)[1] / GiB < 21  # micro-batch 16, grad_accum 1: no accumulator
-    assert largest_micro_batch(args, 8, 512, 2, 40) == 0 and largest_micro_batch(args, 8, 512, 1, 40) >= 16
+    tokens, d, i, V = 4 * 512, 4096, 11008, 32000
+    gathered, checkpoints = 2 * root + 8 * block, 32 * 2 * d * tokens  # the root + 4 blocks in bf16; block inputs
+    loss = 10 * V * d + 8 * (2**25 // V) * V + 10 * d * tokens  # the head's fp32 gradient etc., 1,048-row logit chunks
+    backward = 187_528 * tokens + (4 * d + 6 * i) * tokens + 6 * block  # recomputed block, gradients in flight
+    for defer in (False, True):
+        terms, peak = memory_plan(args, world=8, micro=4, seq=512, grad_accum=4, defer_grad_sync=defer)
+        t = {what.split(":")[0].split(",")[0]: (b, when) for what, b, when in terms}
+        assert t["fp32 master weights"] == (3_369_207_808, "always")  # 4 bytes x 6,738,415,616 / 8
+        assert t["AdamW exp_avg + exp_avg_sq"] == (6_738_415_616, "always")  # 8 bytes / 8 GPUs
+        assert t["activation checkpoints"] == (checkpoints, "always")  # each block's bf16 input, 2,048 tokens
+        # reduce-scatter every micro-step: the fp32 shards accumulate, 4 B/param / 8, held from the first micro-step;
+        # deferred: FSDP2 holds every parameter's unsharded fp32 gradient between micro-steps, the shards only in
+        # the last backward
+        assert t["fp32 gradient accumulator"] == ((26_953_662_464 if defer else 0), "always")
+        assert t["fp32 gradients"] == (3_369_207_808, "backward" if defer else "always")
+        held = 12 * n / 8 + (4 * n if defer else 4 * n / 8)  # weights, AdamW, and the accumulator or the shards
+        assert peak == held + gathered + checkpoints + max(loss, backward + (4 * n / 8 if defer else 0))
+    assert 16.6 < memory_plan(args, 8, 4, 512, 4)[1] / GiB < 16.8  # configs/pmc.py as shipped: fits a 40 GB card
+    assert 41.7 < memory_plan(args, 8, 4, 512, 4, defer_grad_sync=True)[1] / GiB < 41.9  # deferred: it does not
+    for defer in (False, True):  # one micro-step: the modes are the same
+        assert memory_plan(args, 8, 16, 512, 1, defer_grad_sync=defer)[1] / GiB < 21
+    assert largest_micro_batch(args, 8, 512, 2, 40, defer_grad_sync=True) == 0
+    assert largest_micro_batch(args, 8, 512, 2, 40) == largest_micro_batch(args, 8, 512, 1, 40) >= 16
 
 
 def test_saved_bytes_per_token_is_what_autograd_saves():
     """The plan's per-token activation bytes against saved_tensors_hooks on a bf16 block (MHA and GQA), counting
     each saved storage once and no parameter."""
-    from bench import saved_bytes_per_token
+    from memplan import saved_bytes_per_token
     from model import Block, ModelArgs, rope_tables
     for kv in (4, 2):
         args = ModelArgs(dim=256, n_layers=1, n_heads=4, n_kv_heads=kv, intermediate_size=1000, max_seq_len=128)

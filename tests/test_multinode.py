@@ -7,7 +7,6 @@ resumed on 1, and the reverse, with the next losses equal to an uninterrupted ru
 """
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import time
 import pytest
 
 from conftest import ROOT
-from test_train import ENV_DIST, TINY, corpus, losses, train  # noqa: F401  (corpus: a fixture)
+from test_train import ENV_DIST, TINY, corpus, losses, resume_from, train  # noqa: F401  (corpus: a fixture)
 
 
 def free_port():
@@ -80,13 +79,6 @@ def reference(tmp_path_factory, corpus):
     out = tmp_path_factory.mktemp("reference") / "run"
     train(out, corpus, "--max_iters=12", "--ckpt_interval=3", "--keep_checkpoints=4", "--export_dtype=")
     return out
-
-
-def resume_from(ckpt, out_dir):
-    """A fresh out_dir holding only ckpt: what a restarted job finds on the shared storage."""
-    os.makedirs(out_dir)
-    shutil.copytree(ckpt, os.path.join(out_dir, os.path.basename(ckpt)))
-    return out_dir
 
 
 def close(got, ref, steps):

@@ -21,10 +21,11 @@ ARGS = ModelArgs(dim=16, n_layers=2, n_heads=2, n_kv_heads=1, vocab_size=64, int
 def settings(out_dir, **kw):
     return SimpleNamespace(**{
         "learning_rate": 0.05, "min_lr": 0.005, "warmup_iters": 1, "lr_decay_iters": 0, "max_iters": 3, "epochs": 1.0,
-        "weight_decay": 0.5, "beta1": 0.8, "beta2": 0.9, "grad_clip": 0.0, "init_from": "scratch", "export_only": False,
+        "weight_decay": 0.5, "beta1": 0.8, "beta2": 0.9, "grad_clip": 0.0, "init_from": "scratch",
         "out_dir": str(out_dir), "log_interval": 1, "eval_interval": 0, "ckpt_interval": 0, "keep_checkpoints": 1,
         "block_size": 16, "seed": 3, "tokenizer": "", "dtype": "float32", "compile": False,
-        "activation_checkpointing": False, "micro_batch_size": 2, "global_batch_size": 4, "grad_accum": 2, **kw})
+        "activation_checkpointing": False, "micro_batch_size": 2, "global_batch_size": 4, "grad_accum": 2,
+        "defer_grad_sync": False, **kw})
 
 
 # --- the schedule -------------------------------------------------------------------------------------------------
@@ -129,9 +130,11 @@ def adamw_by_hand(p, grads, lrs, wd, beta1, beta2, eps=1e-8):
     return p
 
 
-@pytest.mark.parametrize("grad_clip", [0.0, 0.05, 1e3])  # off; below the gradient norm (clips); far above it
-def test_fit_step_is_clipped_adamw_with_decay_on_matrices(ctx, tmp_path, monkeypatch, grad_clip):
-    c = settings(tmp_path, grad_clip=grad_clip)
+@pytest.mark.parametrize("grad_clip,defer", [(0.0, False), (0.05, False), (1e3, False), (0.05, True)])
+def test_fit_step_is_clipped_adamw_with_decay_on_matrices(ctx, tmp_path, monkeypatch, grad_clip, defer):
+    """grad_clip: off; below the gradient norm (clips); far above it. defer: the gradient sync deferred to the last
+    micro-step (defer_grad_sync) gives the same step."""
+    c = settings(tmp_path, grad_clip=grad_clip, defer_grad_sync=defer)
     records, final, data = run_fit(ctx, c, monkeypatch)
     assert len(records) == 3
     lrs = [0.025, 0.05, 0.005 + 0.045 * (1 + math.cos(math.pi / 2)) / 2]  # warmup 1, cosine over 3 steps
@@ -161,3 +164,28 @@ def test_fit_step_is_clipped_adamw_with_decay_on_matrices(ctx, tmp_path, monkeyp
         assert (final[n].double() - expect).abs().max().item() <= 1e-6, n
         if p0.dim() == 1:  # the test can tell: decay would have pulled the norms (all 1) towards 0 by ~4%
             assert (adamw_by_hand(p0, grads, lrs, 0.5, 0.8, 0.9) - expect).abs().max().item() > 1e-2
+
+
+# --- gradient accumulation: sharded gradients between micro-steps -------------------------------------------------
+
+@pytest.mark.parametrize("defer", [False, True])
+def test_gradients_between_micro_steps_are_sharded_unless_deferred(ctx, tmp_path, defer):
+    """bf16 FSDP2 (fp32 reduction): by default each micro-step's gradients are reduce-scattered at once, so from the
+    second micro-step on every sharded parameter holds its fp32 gradient shard; with defer_grad_sync none does before
+    the last micro-step (FSDP2 holds them unsharded instead: the memory plan's 4 B/param accumulator)."""
+    c = settings(tmp_path, dtype="bfloat16", defer_grad_sync=defer)
+    model = train.build_model(c, ctx.device, model_args=ARGS)
+    shards = list(model.parameters())
+    seen = []  # at the start of each micro-step's forward: which shards hold a gradient, and of what
+
+    def look(module, args):
+        seen.append([(p.grad is not None, p.grad.dtype if p.grad is not None else None,
+                      tuple(p.grad.to_local().shape) == tuple(p.to_local().shape) if p.grad is not None else None)
+                     for p in shards])
+    model.register_forward_pre_hook(look, prepend=True)
+    opt = train.make_optimizer(model, c)
+    loss, norm, _ = train.train_step(model, opt, FixedBatches().steps[0], c, ctx)
+    assert len(seen) == 2 and math.isfinite(loss) and norm > 0
+    assert seen[0] == [(False, None, None)] * len(shards)  # a fresh step starts with no gradient
+    assert seen[1] == ([(False, None, None)] * len(shards) if defer else [(True, torch.float32, True)] * len(shards))
+    assert all(p.grad is None for p in shards)  # zeroed (set to None) after the optimizer step
