@@ -11,7 +11,8 @@ tasks of the field's benchmark suite (MultiMedQA, the Open Medical-LLM Leaderboa
 continuation is encode(BOS + prompt + c) after it; the score is the sum of the continuation's log-probabilities.
 BOS follows the tokenizer's own convention (LLaMA-1/2 and Llama-3 start with it, SmolLM2 does not); --add_bos=True
 or False forces it (the harness' HF models default to add_bos_token=False, i.e. no BOS, unless told otherwise).
-acc takes the argmax score, acc_norm the argmax of score / len(c) in characters. When every choice is one token
+acc takes the argmax score, acc_norm the argmax of score / the characters of c without the harness' target delimiter
+(" yes" counts 3, as the harness counts its choice "yes"). When every choice is one token
 (" A".." D", " yes"/" no"/" maybe" with the LLaMA tokenizer) a single forward pass over the prompt scores them all;
 otherwise the prompt is run once into the KV cache and each choice continues from it.
 --method=generate is PMC-LLaMA's way: greedy decoding, then a regex picks the answer; no match is `no_answer`.
@@ -261,7 +262,8 @@ def evaluate_bench(model, tok, c, b, path):
     if c.method == "loglik":
         scores = score_loglik(model, items, c.batch_size, c.device)
         preds = [max(range(len(s)), key=s.__getitem__) for s in scores]
-        norm = [max(range(len(s)), key=lambda j: s[j] / len(ex.choices[j])) for s, ex in zip(scores, examples)]
+        norm = [max(range(len(s)), key=lambda j: s[j] / len(ex.choices[j].removeprefix(" ")))
+                for s, ex in zip(scores, examples)]
     elif c.method == "generate":
         preds, gens = generate_answers(model, tok, items, b, examples, c.max_new_tokens, c.device, c.compile)
         norm = None

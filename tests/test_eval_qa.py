@@ -291,12 +291,13 @@ def test_missing_subject_file_names_path_and_source(tmp_path, hf_dir):
 
 
 def test_acc_norm_divides_by_choice_length(tmp_path, sp_tok, monkeypatch):
-    """PubMedQA's choices " yes", " no", " maybe" have 4, 3 and 6 characters; rigged scores where the raw and the
-    length-normalised argmax differ give known acc and acc_norm."""
+    """acc_norm divides by the characters of the harness' choice, without its target delimiter: "yes", "no", "maybe"
+    have 3, 2 and 5 (lm_eval's process_results takes len() of doc_to_choice's strings). Rigged scores where the raw,
+    the per-character and the per-character-with-the-space argmax differ give known acc and acc_norm."""
     _, tok = sp_tok
-    questions = {"q1": ([-4.4, -3.0, -5.4], "maybe"),  # raw: no (-3.0);  per character: maybe (-0.9)
+    questions = {"q1": ([-4.4, -3.0, -5.4], "maybe"),  # raw: no (-3.0);  per character: maybe (-1.08)
                  "q2": ([-1.0, -3.0, -9.0], "yes"),  # raw and per character: yes
-                 "q3": ([-5.0, -100.0, -8.0], "yes")}  # per character: yes (-1.25 > -1.33); without the space: maybe
+                 "q3": ([-6.0, -100.0, -9.5], "maybe")}  # per character: maybe (-1.9 > -2.0); counting " ": yes
     recs = {q: {"QUESTION": f"Question {q}?", "CONTEXTS": ["Some context."], "final_decision": d}
             for q, (_, d) in questions.items()}
     (tmp_path / "ori_pqal.json").write_text(json.dumps(recs))
@@ -306,7 +307,7 @@ def test_acc_norm_divides_by_choice_length(tmp_path, sp_tok, monkeypatch):
     res, rows = eval_qa.evaluate_bench(SimpleNamespace(args=SimpleNamespace(max_seq_len=2048)), tok, eval_settings(),
                                        "pubmedqa", str(tmp_path / "ori_pqal.json"))
     assert [r["id"] for r in rows] == list(questions) and [r["pred"] for r in rows] == [1, 0, 0]
-    assert res["acc"] == 2 / 3 and res["acc_norm"] == 1.0
+    assert res["acc"] == 1 / 3 and res["acc_norm"] == 1.0
 
 
 class CharTokenizer:
