@@ -8,7 +8,9 @@ Medical QA fine-tuning (PMC-LLaMA's evaluation scenarios), full or LoRA, with tr
 
 Every example becomes BOS + prompt + answer (qa_data's prompts, the ones eval_qa.py scores), prompt tokens are
 cut from the left when the sequence exceeds block_size (the answer is always kept), and only the answer tokens
-carry loss. A LoRA run saves out_dir/adapter in PEFT's format; a full run exports out_dir/hf.
+carry loss. A LoRA run saves out_dir/adapter in PEFT's format; a full run exports out_dir/hf. With
+--export_gguf=f16 (f32, bf16, q8_0) it also writes llama.cpp files: out_dir/model-f16.gguf (a LoRA run: the merged
+model) and, for LoRA, out_dir/adapter.gguf (F32), the adapter alone for llama.cpp's --lora on the base's GGUF.
 """
 import json
 import os
@@ -17,6 +19,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+import gguf_export
 import qa_data
 import train
 from configurator import config_keys, configure, require
@@ -47,6 +50,7 @@ global_batch_size = 128
 micro_batch_size = 4
 eval_interval = 0
 export_merged = False  # LoRA: also export the merged model as an HF folder
+export_gguf = ""  # also write llama.cpp GGUF files: f32 | f16 | bf16 | q8_0 (LoRA: merged model + adapter.gguf)
 
 
 def load_examples(c):
@@ -133,16 +137,29 @@ def main(argv=None):
                 base = c.init_from if not resume else ""
                 save_adapter(lora_state_dict(sd), path, adapter_config(m, base_model_name_or_path=base))
                 print(f"saved LoRA adapter (PEFT format) to {path}")
-            if c.export_merged and ctx.master:
+            if (c.export_merged or c.export_gguf) and ctx.master:
                 merged = merged_state_dict(sd, scaling=c.lora_alpha / c.lora_r)
-                save_hf(merged, model_args, os.path.join(c.out_dir, "hf"), dtype=getattr(torch, c.export_dtype),
-                        tokenizer=c.tokenizer)
+                if c.export_merged:
+                    save_hf(merged, model_args, os.path.join(c.out_dir, "hf"), dtype=getattr(torch, c.export_dtype),
+                            tokenizer=c.tokenizer)
+                if c.export_gguf:
+                    gguf_path = os.path.join(c.out_dir, f"model-{c.export_gguf}.gguf")
+                    gguf_export.save_gguf(merged, model_args, gguf_path, c.export_gguf, tokenizer=tok)
+                    adapter_gguf = os.path.join(c.out_dir, "adapter.gguf")
+                    gguf_export.save_gguf_lora(lora_state_dict(sd), model_args, adapter_gguf,
+                                               scaling=c.lora_alpha / c.lora_r, outtype="f32")
+                    print(f"saved {gguf_path} (merged) and the adapter for llama.cpp, adapter.gguf")
             dist.barrier()
             return path
+        if c.export_gguf:
+            gguf_path = os.path.join(c.out_dir, f"model-{c.export_gguf}.gguf")
+            gguf_export.export_gguf(m, model_args, gguf_path, c.export_gguf, tok, ctx)
         if c.export_dtype:
             return train.export_hf(m, model_args, os.path.join(c.out_dir, "hf"), c.export_dtype, c.tokenizer, ctx)
 
     try:
+        if c.export_only:
+            return train.run_export_only(model, c, ctx, export)
         return train.fit(model, data, c, ctx, model_args, export=export)
     finally:
         dist.destroy_process_group()

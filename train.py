@@ -72,6 +72,7 @@ log_interval = 1
 ckpt_interval = 500  # steps between checkpoints (and at the end); 0: only at the end; -1: none but on preemption
 keep_checkpoints = 2  # newest complete checkpoints kept
 export_dtype = "bfloat16"  # dtype of the final HF export ('' to skip the export)
+export_gguf = ""  # also write out_dir/model-<type>.gguf for llama.cpp: f32 | f16 | bf16 | q8_0 ('' none)
 export_only = False  # write the HF export of init_from (with 'resume': of the newest checkpoint) and exit
 eval_only = False  # measure the held-out loss / perplexity of init_from on data_dir's val split, and exit
 # -----------------------------------------------------------------------------
@@ -509,13 +510,20 @@ def fit(model, data, c, ctx, model_args, val_data=None, export=None):
 # pre-training
 
 def resolve(cfg, ctx):
-    """Config dict -> namespace with derived grad_accum; checks that the global batch divides."""
+    """Config dict -> namespace with derived grad_accum; checks that the global batch divides and, before hours of
+    training rather than after, that a GGUF export type is one we write."""
     c = SimpleNamespace(**cfg)
     per_step = c.micro_batch_size * ctx.world
     if c.global_batch_size % per_step:
         raise SystemExit(f"global_batch_size={c.global_batch_size} is not divisible by micro_batch_size="
                          f"{c.micro_batch_size} x world_size={ctx.world}")
     c.grad_accum = c.global_batch_size // per_step
+    if c.export_gguf:
+        import gguf_export
+        try:
+            gguf_export.gguf_type(c.export_gguf, "export_gguf")
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
     return c
 
 
@@ -601,12 +609,18 @@ def run_export_only(model, c, ctx, export):
 
 
 def export_final(model, model_args, c, ctx):
-    """The HF folder out_dir/hf in export_dtype ('' skips it)."""
+    """The HF folder out_dir/hf in export_dtype ('' skips it), and out_dir/model-<type>.gguf if export_gguf."""
+    path = None
     if c.export_dtype:
         path = export_hf(model, model_args, os.path.join(c.out_dir, "hf"), c.export_dtype, c.tokenizer, ctx)
         if ctx.master:
             print(f"exported {path}")
-        return path
+    if c.export_gguf:
+        import gguf_export  # the module: the config key export_gguf would shadow a function of that name
+        gguf = gguf_export.export_gguf(model, model_args, os.path.join(c.out_dir, f"model-{c.export_gguf}.gguf"),
+                                       c.export_gguf, c.tokenizer, ctx)
+        path = path or gguf
+    return path
 
 
 def main(argv=None):

@@ -181,13 +181,16 @@ def test_sigkill_during_checkpoint_write_keeps_previous(tmp_path, corpus):
 def test_export_loads_in_transformers_with_same_logits(tmp_path, corpus):
     from transformers import LlamaForCausalLM
     from weights import load_model
-    train(tmp_path / "r", corpus, "--max_iters=2")
+    train(tmp_path / "r", corpus, "--max_iters=2", "--export_gguf=f32")
     ours = load_model(str(tmp_path / "r" / "ckpt-00000002"))
     hf = LlamaForCausalLM.from_pretrained(str(tmp_path / "r" / "hf")).eval()
     assert os.path.isfile(tmp_path / "r" / "hf" / "tokenizer.model")
     idx = torch.randint(0, 32000, (2, 40))
     with torch.no_grad():
         assert (hf(idx).logits - ours(idx)[0]).abs().max().item() <= 1e-5
+        # the F32 GGUF beside it holds the same weights: read back, the same logits (bf16 HF export aside)
+        gguf = load_model(str(tmp_path / "r" / "model-f32.gguf"))
+        assert torch.equal(gguf(idx)[0], ours(idx)[0])
     cfg = json.load(open(tmp_path / "r" / "train_config.json"))
     assert cfg["max_iters"] == 2 and cfg["grad_accum"] == 4
     # --export_only: the newest checkpoint exported again, nothing trained: the end-of-run export's weights exactly
