@@ -110,7 +110,7 @@ def _xml_package(path, data_root, copies):
 
 
 def bench_corpus(cfg):
-    import prepare_corpus as pc
+    import corpus_sources as cs
     bio = os.path.join(cfg["data_root"], "biomed_corpus")
     tokenizer = os.path.join(cfg["data_root"], "tokenizer", "llama_tokenizer.model")
     xml = cfg["corpus_format"] == "xml"
@@ -121,10 +121,10 @@ def bench_corpus(cfg):
                 inputs[reps] = os.path.join(tmp, f"oa_x{reps}.tar.gz")
                 ndocs[reps] = _xml_package(inputs[reps], cfg["data_root"], 182 * reps)
         else:  # the biomedical corpus as one JSON-lines file, then the same repeated 4 times
-            skips = pc.Skips()
-            texts = [t for _, t, _ in pc.read_text(os.path.join(bio, "craft_pmc_oa_fulltext", "txt"), skips)]
+            skips = cs.QueuedSkips()
+            texts = [t for _, (_, t), _ in cs.read_text(os.path.join(bio, "craft_pmc_oa_fulltext", "txt"), skips)]
             for sub in ("bc5cdr", "ncbi_disease"):
-                texts += [t for _, t, _ in pc.read_pubtator(os.path.join(bio, sub), skips)]
+                texts += [t for _, (_, t), _ in cs.read_pubtator(os.path.join(bio, sub), skips)]
             lines = "".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(texts))
             for reps in (1, 4):
                 inputs[reps], ndocs[reps] = os.path.join(tmp, f"x{reps}.jsonl"), len(texts) * reps

@@ -7,19 +7,21 @@ pool, so that XML and JSON parsing scales with --workers like tokenizing does.
     s2orc_api_events  one JSON line of the S2ORC dataset of the Semantic Scholar Datasets API (2023+ releases)
     bioc_events       BioC JSON of PMC articles (PMC BioC API, PubTator): collections, documents, passages
 
-Each takes the raw bytes of one unit and its location and yields events, never raises on bad input:
+Each takes the raw bytes of one unit, its location and the Filters, and yields events, never raises on bad input:
     ("doc", key, text, where)          key: the normalised PMC id ("PMC1234567") when there is one
     ("skip", reason, where, detail)    counted in meta.json by reason, with the first locations
 Text of every format: title, abstract(s), then the body's paragraphs under their section titles, blocks joined by
 blank lines. Left out: references, tables, figures and their captions, formulas, supplementary material, front
 matter (authors, affiliations, venue) and back matter (acknowledgements, notes, appendices).
 Standard library only; nothing in the input is ever fetched or executed (no DTD, no external entity).
+corpus_sources.py maps each --source to its parser here.
 """
 import html.entities
 import json
 import re
 import xml.etree.ElementTree as ET
 from bisect import bisect_right
+from dataclasses import dataclass
 from xml.parsers import expat
 
 _PMC_ID = re.compile(r"(?:PMC)?0*([1-9]\d{0,8})(?:\.\d+)?", re.I)
@@ -32,6 +34,17 @@ def pmc_id(value):
         return None
     m = _PMC_ID.fullmatch(str(value).strip())
     return f"PMC{m.group(1)}" if m and m.group(1) else None
+
+
+NOT_PAPERS = ("correction", "retraction", "partial-retraction", "expression-of-concern", "in-brief")
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which articles the parsers keep: those with a PMC id (PMC-LLaMA's filter; False keeps all), and (JATS) not
+    the article types that are not papers."""
+    require_pmc_id: bool = True
+    skip_article_types: frozenset = frozenset(NOT_PAPERS)
 
 
 def _flush(buf, out):
@@ -53,7 +66,6 @@ JATS_DROP = frozenset("""table-wrap table-wrap-group table array fig fig-group g
 # Elements that start a paragraph of their own wherever they sit (a <list> or <boxed-text> may sit inside a <p>).
 JATS_BLOCK = frozenset("""p title caption list list-item def-list def-item term def boxed-text disp-quote speech
     statement verse-group verse-line fn fn-group glossary preformat code question answer explanation""".split())
-NOT_PAPERS = ("correction", "retraction", "partial-retraction", "expression-of-concern", "in-brief")
 XML_ENTITIES = {name: chr(cp) for name, cp in html.entities.name2codepoint.items()}  # &nbsp; etc. without the DTD
 XML_NAMESPACES = {b"xlink": b"http://www.w3.org/1999/xlink", b"mml": b"http://www.w3.org/1998/Math/MathML",
                   b"xsi": b"http://www.w3.org/2001/XMLSchema-instance", b"ali": b"http://www.niso.org/schemas/ali/1.0/",
@@ -172,7 +184,7 @@ def _jats_pmc(meta):
     return None
 
 
-def jats_events(data, where, require_pmc_id=True, skip_types=NOT_PAPERS):
+def jats_events(data, where, filters=Filters()):
     try:
         root = parse_xml(data)
     except ET.ParseError as e:
@@ -187,10 +199,10 @@ def jats_events(data, where, require_pmc_id=True, skip_types=NOT_PAPERS):
         meta = art.find("front/article-meta")
         meta = meta if meta is not None else ET.Element("article-meta")
         pmc = _jats_pmc(meta)
-        if kind in skip_types:
+        if kind in filters.skip_article_types:
             yield "skip", f"article_type:{kind}", w, pmc or ""
             continue
-        if pmc is None and require_pmc_id:
+        if pmc is None and filters.require_pmc_id:
             yield "skip", "no_pmc_id", w, ""
             continue
         body = _blocks(art.find("body"))
@@ -238,7 +250,41 @@ def _spans(value, n):
     return sorted(out)
 
 
-def s2orc_api_events(line, where, require_pmc_id=True):
+def _inside_any(spans):
+    """A test (a, b) -> whether [a, b) lies inside the union of spans (merged, then found by bisection)."""
+    merged = []
+    for a, b in sorted(spans):
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    starts = [a for a, _ in merged]
+
+    def inside(a, b):
+        i = bisect_right(starts, a) - 1
+        return i >= 0 and b <= merged[i][1]
+    return inside
+
+
+def _s2_body(text, spans):
+    """The body's paragraphs in order, each under the section headers above it, none inside a span that holds no
+    body text (S2_OUTSIDE)."""
+    outside = _inside_any(s for k in S2_OUTSIDE for s in spans[k])
+    blocks = sorted([(a, b, 0) for a, b in spans["sectionheader"]] + [(a, b, 1) for a, b in spans["paragraph"]])
+    headers, body = [], []
+    for a, b, is_paragraph in blocks:
+        t = text[a:b].strip()
+        if not t or outside(a, b):
+            continue
+        if is_paragraph:  # headers count only above a paragraph (Grobid also marks "Figure 2" or a running head)
+            body += headers + [t]
+            headers = []
+        else:
+            headers.append(t)
+    return body
+
+
+def s2orc_api_events(line, where, filters=Filters()):
     try:
         rec = json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -252,7 +298,7 @@ def s2orc_api_events(line, where, require_pmc_id=True):
     ext = {str(k).lower(): v for k, v in ext.items()} if isinstance(ext, dict) else {}
     pmc = pmc_id(ext.get("pubmedcentral"))
     corpus = f"CorpusId:{rec.get('corpusid', rec.get('corpusId', '?'))}"
-    if pmc is None and require_pmc_id:
+    if pmc is None and filters.require_pmc_id:
         yield "skip", "no_pmc_id", where, corpus
         return
     text, ann = content.get("text"), content.get("annotations") or {}
@@ -267,32 +313,9 @@ def s2orc_api_events(line, where, require_pmc_id=True):
     except _BadSpans as e:
         yield "skip", e.args[0], where, f"{corpus}: {e.args[1]}"
         return
-    # the union of the spans that hold no body text, merged, to test containment by bisection
-    merged = []
-    for a, b in sorted(s for k in S2_OUTSIDE for s in spans[k]):
-        if merged and a <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], b)
-        else:
-            merged.append([a, b])
-    starts = [a for a, _ in merged]
-
-    def outside(a, b):
-        i = bisect_right(starts, a) - 1
-        return i >= 0 and b <= merged[i][1]
-
     title = next((t for a, b in spans["title"] if (t := text[a:b].strip())), "")  # the header's, not the repeat
     parts = [title] + [text[a:b].strip() for a, b in spans["abstract"]]
-    blocks = sorted([(a, b, 0) for a, b in spans["sectionheader"]] + [(a, b, 1) for a, b in spans["paragraph"]])
-    headers, body = [], []
-    for a, b, is_paragraph in blocks:
-        t = text[a:b].strip()
-        if not t or outside(a, b):
-            continue
-        if is_paragraph:  # headers count only above a paragraph (Grobid also marks "Figure 2" or a running head)
-            body += headers + [t]
-            headers = []
-        else:
-            headers.append(t)
+    body = _s2_body(text, spans)
     if not body:
         yield "skip", "no_body", where, pmc or corpus
         return
@@ -349,7 +372,7 @@ def _bioc_text(passages):
     return title, blocks, n_body
 
 
-def bioc_events(data, where, require_pmc_id=True):
+def bioc_events(data, where, filters=Filters()):
     try:
         objs = [json.loads(data)]
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -371,7 +394,7 @@ def bioc_events(data, where, require_pmc_id=True):
                       and "article-id_pmc" in p["infons"]), {})
         doc_id = str(doc.get("id", ""))
         pmc = pmc_id(front.get("article-id_pmc", "")) or (pmc_id(doc_id) if doc_id.upper().startswith("PMC") else None)
-        if pmc is None and require_pmc_id:
+        if pmc is None and filters.require_pmc_id:
             yield "skip", "no_pmc_id", w, f"id {doc_id}"
             continue
         try:

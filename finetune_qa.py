@@ -12,7 +12,6 @@ carry loss. A LoRA run saves out_dir/adapter in PEFT's format; a full run export
 --export_gguf=f16 (f32, bf16, q8_0) it also writes llama.cpp files: out_dir/model-f16.gguf (a LoRA run: the merged
 model) and, for LoRA, out_dir/adapter.gguf (F32), the adapter alone for llama.cpp's --lora on the base's GGUF.
 """
-import json
 import os
 
 import numpy as np
@@ -89,6 +88,30 @@ class QABatches:
             yield x, y
 
 
+def export_lora(model, model_args, c, ctx, base_name):
+    """A LoRA run's outputs: out_dir/adapter in PEFT's format; with export_merged the merged model as an HF folder;
+    with export_gguf the merged model and the adapter alone (for llama.cpp's --lora on the base) as GGUF files."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    path = os.path.join(c.out_dir, "adapter")
+    if ctx.master:
+        save_adapter(lora_state_dict(sd), path, adapter_config(model, base_model_name_or_path=base_name))
+        print(f"saved LoRA adapter (PEFT format) to {path}")
+        scaling = c.lora_alpha / c.lora_r
+        merged = merged_state_dict(sd, scaling=scaling) if c.export_merged or c.export_gguf else None
+        if c.export_merged:
+            save_hf(merged, model_args, os.path.join(c.out_dir, "hf"), dtype=getattr(torch, c.export_dtype),
+                    tokenizer=c.tokenizer)
+        if c.export_gguf:
+            gguf = os.path.join(c.out_dir, f"model-{c.export_gguf}.gguf")
+            gguf_export.save_gguf(merged, model_args, gguf, c.export_gguf, tokenizer=c.tokenizer)
+            gguf_export.save_gguf_lora(lora_state_dict(sd), model_args, os.path.join(c.out_dir, "adapter.gguf"),
+                                       scaling=scaling, outtype="f32")
+            print(f"saved {gguf} (merged) and the adapter alone for llama.cpp, adapter.gguf")
+    dist.barrier()
+    return path
+
+
 def main(argv=None):
     cfg = configure(dict(globals()), argv)  # a copy: the defaults stay untouched
     ctx = train.setup_distributed(cfg["device"])
@@ -125,38 +148,13 @@ def main(argv=None):
         print(f"{len(examples):,} examples {counts}, {n_tok:,} answer tokens; "
               f"{'LoRA' if c.lora else 'full'} fine-tuning of {n_train:,} / "
               f"{sum(p.numel() for p in model.parameters()):,} parameters on {ctx.world} process(es)")
-        with open(os.path.join(c.out_dir, "train_config.json"), "w") as f:
-            json.dump({**vars(c), "world_size": ctx.world, "examples": counts}, f, indent=2)
+        train.write_json(os.path.join(c.out_dir, "train_config.json"), {**vars(c), "world_size": ctx.world,
+                                                                         "examples": counts})
 
-    def export(m):
-        if c.lora:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-            sd = get_model_state_dict(m, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-            path = os.path.join(c.out_dir, "adapter")
-            if ctx.master:
-                base = c.init_from if not resume else ""
-                save_adapter(lora_state_dict(sd), path, adapter_config(m, base_model_name_or_path=base))
-                print(f"saved LoRA adapter (PEFT format) to {path}")
-            if (c.export_merged or c.export_gguf) and ctx.master:
-                merged = merged_state_dict(sd, scaling=c.lora_alpha / c.lora_r)
-                if c.export_merged:
-                    save_hf(merged, model_args, os.path.join(c.out_dir, "hf"), dtype=getattr(torch, c.export_dtype),
-                            tokenizer=c.tokenizer)
-                if c.export_gguf:
-                    gguf_path = os.path.join(c.out_dir, f"model-{c.export_gguf}.gguf")
-                    gguf_export.save_gguf(merged, model_args, gguf_path, c.export_gguf, tokenizer=tok)
-                    adapter_gguf = os.path.join(c.out_dir, "adapter.gguf")
-                    gguf_export.save_gguf_lora(lora_state_dict(sd), model_args, adapter_gguf,
-                                               scaling=c.lora_alpha / c.lora_r, outtype="f32")
-                    print(f"saved {gguf_path} (merged) and the adapter for llama.cpp, adapter.gguf")
-            dist.barrier()
-            return path
-        if c.export_gguf:
-            gguf_path = os.path.join(c.out_dir, f"model-{c.export_gguf}.gguf")
-            gguf_export.export_gguf(m, model_args, gguf_path, c.export_gguf, tok, ctx)
-        if c.export_dtype:
-            return train.export_hf(m, model_args, os.path.join(c.out_dir, "hf"), c.export_dtype, c.tokenizer, ctx)
-
+    if c.lora:
+        export = lambda m: export_lora(m, model_args, c, ctx, base_name="" if resume else c.init_from)  # noqa: E731
+    else:  # the HF folder (and the GGUF file) of the whole model, as pre-training exports it
+        export = lambda m: train.export_final(m, model_args, c, ctx)  # noqa: E731
     try:
         if c.export_only:
             return train.run_export_only(model, c, ctx, export)

@@ -578,7 +578,7 @@ def make_model(c, ctx, meta):
 
 def batch_sources(c, ctx, meta):
     """(training windows, fixed held-out windows or None when the corpus has no val split) of this rank."""
-    from prepare_corpus import load_split
+    from corpus_data import load_split
     pad = meta["eos_id"]
     data = PaperWindows(*load_split(c.data_dir, "train"), c, ctx.rank, ctx.world, pad)
     if meta["splits"]["val"]["documents"] == 0:

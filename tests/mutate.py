@@ -97,7 +97,7 @@ MUTANTS = [
     M("adapter_alpha", "lora.py", '"lora_alpha": m.alpha,', '"lora_alpha": m.r,', "tests/test_lora.py",
       "saved adapter_config has alpha = r"),
     # finetune_qa.py
-    M("ft_merged_scale", "finetune_qa.py", "scaling=c.lora_alpha / c.lora_r", "scaling=c.lora_r / c.lora_alpha",
+    M("ft_merged_scale", "finetune_qa.py", "scaling = c.lora_alpha / c.lora_r", "scaling = c.lora_r / c.lora_alpha",
       "tests/test_finetune.py::test_lora_under_fsdp_two_processes", "fine-tuning's merged export scale r / alpha"),
     M("ft_padding_unmasked", "finetune_qa.py", "y = torch.full((len(seqs), T), -100, dtype=torch.long)",
       "y = torch.full((len(seqs), T), self.pad_id, dtype=torch.long)",

@@ -12,13 +12,13 @@ import tarfile
 import pytest
 
 import corpus_formats as cf
-import prepare_corpus as pc
 from conftest import data_path
+from corpus_data import load_split
 from test_prepare_corpus import run, sp  # noqa: F401  (sp: a fixture)
 
 
 def texts_of(out, sp, split="train"):
-    tokens, idx = pc.load_split(out, split)
+    tokens, idx = load_split(out, split)
     return [sp.decode(tokens[idx[i] + 1:idx[i + 1] - 1].tolist()) for i in range(len(idx) - 1)]
 
 

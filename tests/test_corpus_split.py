@@ -7,6 +7,7 @@ import sentencepiece as spm
 
 import prepare_corpus as pc
 from conftest import data_path
+from corpus_data import load_split
 
 
 def test_split_fraction_seed_and_determinism():
@@ -34,7 +35,7 @@ def test_min_tokens_counts_text_tokens_without_bos_and_eos(tmp_path, limit):
                     "--min_tokens", str(limit)])
     kept = [t for t, n in zip(texts, lengths) if n >= limit]
     assert meta["skipped"] == {"too_short": len(texts) - len(kept)} and len(kept) == 2
-    tokens, idx = pc.load_split(str(tmp_path / "out"), "train")
+    tokens, idx = load_split(str(tmp_path / "out"), "train")
     docs = [tokens[idx[i]:idx[i + 1]].tolist() for i in range(len(idx) - 1)]
     assert docs == [[1] + sp.encode(t) + [2] for t in kept]
     assert meta["splits"]["train"]["tokens"] == sum(len(sp.encode(t)) + 2 for t in kept)

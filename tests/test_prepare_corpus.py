@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
+import corpus_sources as cs
+import download
 import prepare_corpus as pc
 from conftest import data_path
+from corpus_data import load_split
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +32,7 @@ def run(tmp_path, source, inputs, name="out", **kw):
 
 
 def docs_of(out, split="train"):
-    tokens, idx = pc.load_split(out, split)
+    tokens, idx = load_split(out, split)
     return [tokens[idx[i]:idx[i + 1]].tolist() for i in range(len(idx) - 1)]
 
 
@@ -150,6 +153,37 @@ def test_workers_give_identical_bytes_and_val_split(tmp_path):
         meta["splits"]["val"]["documents"] == 1591
 
 
+def test_a_new_format_is_one_parser_and_one_entry(tmp_path, sp, monkeypatch):
+    """A toy tab-separated format (id, text): a reader streaming its lines, a parser, one SOURCES entry, nothing
+    else. workers=1: a monkeypatched table does not reach spawned workers (a real entry in the file does)."""
+    def read_tsv(path, skips, opts):
+        for n, raw in cs.read_raw_lines(path, skips):
+            yield "tsv", raw, f"{path}:{n}"
+
+    def parse_tsv(data, where, filters):
+        key, _, text = data.decode().rstrip("\n").partition("\t")
+        yield ("doc", key, text, where) if text else ("skip", "no_text", where, key)
+
+    monkeypatch.setitem(cs.SOURCES, "tsv", cs.Source(read_tsv, parse_tsv))
+    (tmp_path / "d.tsv").write_text("a\tAspirin inhibits COX-1.\nb\t\nc\tMetformin lowers glucose.\n")
+    meta, out = run(tmp_path, "tsv", [tmp_path / "d.tsv"])
+    assert meta["skipped"] == {"no_text": 1} and meta["skipped_examples"]["no_text"] == [f"{tmp_path / 'd.tsv'}:2: b"]
+    assert_roundtrip(out, ["Aspirin inhibits COX-1.", "Metformin lowers glucose."], sp)
+
+
+def test_a_failed_run_leaves_the_previous_corpus_whole(tmp_path):
+    """Outputs are renamed into place only when everything is written: a run that stops half-way (here an S2ORC
+    release shard without its pdf_parses partner) leaves the corpus of the run before untouched."""
+    meta, out = run(tmp_path, "pubtator", [data_path("biomed_corpus", "ncbi_disease", "NCBItestset_corpus.txt")])
+    before = {f: open(os.path.join(out, f), "rb").read() for f in ("train.bin", "train.idx", "meta.json")}
+    (tmp_path / "s2" / "metadata").mkdir(parents=True)
+    (tmp_path / "s2" / "metadata" / "metadata_0.jsonl").write_text('{"paper_id": "1", "pmc_id": "123"}\n')
+    with pytest.raises(SystemExit, match="no pdf_parses/pdf_parses_N.jsonl"):
+        run(tmp_path, "s2orc", [tmp_path / "s2"])
+    assert meta["splits"]["train"]["documents"] == 100
+    assert {f: open(os.path.join(out, f), "rb").read() for f in before} == before
+
+
 # --- bad input -----------------------------------------------------------------------------------
 
 def test_bad_jsonl_records_are_counted_with_location(tmp_path):
@@ -218,19 +252,19 @@ def test_download_offline_message_and_local_mirror(tmp_path):
     def offline(url, timeout):
         raise urllib.error.URLError("Name or service not known")
     with pytest.raises(SystemExit) as e:
-        pc.download("bc5cdr", str(tmp_path / "bc5"), urlopen=offline)
+        download.download("bc5cdr", str(tmp_path / "bc5"), urlopen=offline)
     assert "offline" in str(e.value) and "CDR_TestSet.PubTator.txt" in str(e.value) and str(tmp_path) in str(e.value)
 
     def local_copy(url, timeout):  # serve the staged byte-for-byte copies as if from their repositories
         return open(data_path("biomed_corpus", "bc5cdr", os.path.basename(url)), "rb")
-    pc.download("bc5cdr", str(tmp_path / "bc5"), urlopen=local_copy)
+    download.download("bc5cdr", str(tmp_path / "bc5"), urlopen=local_copy)
     assert sorted(os.listdir(tmp_path / "bc5")) == ["CDR_DevelopmentSet.PubTator.txt", "CDR_TestSet.PubTator.txt",
                                                     "CDR_TrainingSet.PubTator.txt"]
 
     def wrong_file(url, timeout):
         return open(data_path("biomed_corpus", "bc5cdr", "README.txt"), "rb")
     with pytest.raises(SystemExit, match="sha256 mismatch"):
-        pc.download("ncbi_disease", str(tmp_path / "ncbi"), urlopen=wrong_file)
+        download.download("ncbi_disease", str(tmp_path / "ncbi"), urlopen=wrong_file)
     assert not os.listdir(tmp_path / "ncbi")
 
 

@@ -1,4 +1,4 @@
-"""reproduce_tiny.py --quick, both ways: a tiny LLaMA from scratch, and the real pretrained SmolLM2-135M (--base).
+"""reproduce.py --quick, both ways: a tiny LLaMA from scratch, and the real pretrained SmolLM2-135M (--base).
 Every number in results.json is checked against the files it came from, recomputed here from the raw data."""
 import json
 import math
@@ -17,7 +17,7 @@ SETTINGS = ("zero-shot", "full", "lora")
 def study(tmp_path, *args):
     data_path("pubmedqa", "ori_pqal.json")  # skip with a reason when the shared data is absent
     out = tmp_path / "study"
-    r = subprocess.run([sys.executable, "reproduce_tiny.py", "--quick", f"--out={out}", f"--data_root={DATA}", *args],
+    r = subprocess.run([sys.executable, "reproduce.py", "--quick", f"--out={out}", f"--data_root={DATA}", *args],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return out, json.loads((out / "results.json").read_text()), r

