@@ -47,7 +47,6 @@ device = ""  # --what=model/fsdp/memplan: '' = cuda if available, else cpu
 dtype = ""  # --what=model: '' = bfloat16 on CUDA, float32 on CPU (parameters in this dtype on both sides)
 fsdp_preset = "1b"  # --what=fsdp: '1b' (dim 2048, 16 layers, 16 heads, 8 KV heads) or 'tiny' (a CPU smoke run)
 memplan_layers = 4  # --what=memplan on a GPU: LLaMA-7B's layer shapes with this many layers, measured on 1 GPU
-part = ""  # internal: one measurement in a child process ('time', 'mem:ours', 'mem:hf')
 
 
 def print_table(rows, cols):
@@ -276,9 +275,10 @@ def _interleaved(fns, warmup, reps, sync=lambda: None):
     return {k: statistics.median(v) for k, v in times.items()}, last
 
 
-def _measure_part(cfg):
-    """In a child process, so that resources are its own: 'time' (both models, interleaved) or 'mem:ours'/'mem:hf'
-    (peak memory of training steps of one model: RSS on CPU, allocated GPU memory on CUDA). Prints one JSON line."""
+def measure_model_part(cfg, part):
+    """Run by bench_model in a child process (so that resources are its own), through `python -c`: part 'time' (both
+    models, interleaved) or 'mem:ours'/'mem:hf' (peak memory of training steps of one model: RSS on CPU, allocated GPU
+    memory on CUDA). cfg: the --what=model settings. Prints one JSON line."""
     import resource
     import torch
     device, _ = _device_dtype(cfg)
@@ -287,8 +287,8 @@ def _measure_part(cfg):
     models = {"ours": ours, "hf": hf}
     torch.manual_seed(1)
     x = torch.randint(0, cfg["vocab_size"], (cfg["micro_batch"], cfg["seq_len"])).to(device)
-    if cfg["part"].startswith("mem:"):
-        side = cfg["part"][4:]
+    if part.startswith("mem:"):
+        side = part[4:]
         model, models, ours, hf = models[side], None, None, None  # keep only the measured model alive
         if cuda:  # the other model is freed: count from here, its weights excluded
             torch.cuda.empty_cache()
@@ -318,9 +318,10 @@ def bench_model(cfg):
     keys = ["dim", "n_layers", "n_heads", "n_kv_heads", "intermediate_size", "vocab_size", "seq_len", "micro_batch",
             "prompt_len", "new_tokens", "reps", "compile", "device", "dtype"]
     res = {}
+    child = "import json, sys, bench; bench.measure_model_part(json.loads(sys.argv[1]), sys.argv[2])"
     for part in ("time", "mem:ours", "mem:hf"):
-        cmd = [sys.executable, "bench.py", "--what=model", f"--part={part}", *[f"--{k}={cfg[k]}" for k in keys]]
-        r = subprocess.run(cmd, capture_output=True, text=True)
+        cmd = [sys.executable, "-c", child, json.dumps({k: cfg[k] for k in keys}), part]
+        r = subprocess.run(cmd, capture_output=True, text=True, cwd=os.path.dirname(os.path.abspath(__file__)))
         if r.returncode != 0:
             raise RuntimeError(f"{part} failed: {r.stderr[-3000:]}")
         res[part] = json.loads(r.stdout.strip().splitlines()[-1])
@@ -349,6 +350,28 @@ def bench_model(cfg):
             "identical_greedy_tokens": t["identical_greedy_tokens"], "last_loss": t["last_loss"]}
 
 
+def _time_train_steps(model, opt, x, y, reps, cuda):
+    """3 warm-up steps (compilation, when compiled), then reps timed training steps: (step times, warm-up s, loss)."""
+    import torch
+    from kernels import linear_cross_entropy
+    times, t_first = [], time.perf_counter()
+    for i in range(reps + 3):
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        _, loss = model(x, y, loss_fn=linear_cross_entropy)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize()
+        if i == 2:
+            warmup_s = time.perf_counter() - t_first
+        if i >= 3:
+            times.append(time.perf_counter() - t0)
+    return times, warmup_s, loss
+
+
 def bench_fsdp(cfg):
     """train.py's own model setup (FSDP2, bf16 mixed precision, optional compile) timing full training steps of a
     ~1B LLaMA at seq 512: tokens/s, MFU and peak memory, compile off then on (on a GPU; CPU: eager only).
@@ -359,7 +382,6 @@ def bench_fsdp(cfg):
     from types import SimpleNamespace
     import torch
     import train
-    from kernels import linear_cross_entropy
     from model import ModelArgs
     shapes = {"1b": dict(dim=2048, n_layers=16, n_heads=16, n_kv_heads=8, intermediate_size=5632, micro=8),
               "tiny": dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, intermediate_size=128, micro=2)}[cfg["fsdp_preset"]]
@@ -378,22 +400,7 @@ def bench_fsdp(cfg):
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as train.py
         x = torch.randint(0, 32000, (shapes["micro"], 512), device=ctx.device)
         y = torch.roll(x, -1, 1)
-        times = []
-        t_first = time.perf_counter()
-        for i in range(cfg["reps"] + 3):
-            if cuda:
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            _, loss = model(x, y, loss_fn=linear_cross_entropy)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if cuda:
-                torch.cuda.synchronize()
-            if i == 2:
-                warmup_s = time.perf_counter() - t_first  # the first 3 steps: compilation, when compiled
-            if i >= 3:
-                times.append(time.perf_counter() - t0)
+        times, warmup_s, loss = _time_train_steps(model, opt, x, y, cfg["reps"], cuda)
         n_params = sum(p.numel() for p in model.parameters())
         n_matmul = n_params - (0 if args.tie_word_embeddings else model.model.embed_tokens.weight.numel())
         tps = x.numel() / sorted(times)[len(times) // 2]
@@ -513,8 +520,6 @@ def bench_memplan(cfg):
 
 def main(argv=None):
     cfg = configure(dict(globals()), argv)  # a copy: the defaults stay untouched
-    if cfg["part"]:
-        return _measure_part(cfg)
     benches = {"corpus": bench_corpus, "eval": bench_eval, "model": bench_model, "fsdp": bench_fsdp,
                "memplan": bench_memplan}
     if cfg["what"] not in benches:

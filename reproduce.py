@@ -33,7 +33,6 @@ decided in two places: benches() (the test sets) and finetune_sets() (the fine-t
 import csv
 import json
 import os
-import platform
 import sys
 import time
 from collections import Counter
@@ -41,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+import bench
 import eval_qa
 import finetune_qa
 import prepare_corpus
@@ -172,14 +172,6 @@ def pick_dtype(dtype, device, real):
     print(f"dtype auto: 20 matmuls 512x576x1536 take {best[torch.float32] * 1e3:.0f} ms in fp32, "
           f"{best[torch.bfloat16] * 1e3:.0f} ms in bf16 -> {choice}")
     return choice
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 class Steps:
@@ -442,7 +434,7 @@ def complete_prompts(study):
 def main(argv=None):
     study = make_study(configure(dict(globals()), argv))
     os.makedirs(study.out, exist_ok=True)
-    where = cpu_name() if study.device == "cpu" else torch.cuda.get_device_name()
+    where = bench.machine()["cpu"] if study.device == "cpu" else torch.cuda.get_device_name()
     print(f"{study.models['base']} vs {study.models['pmc']} on {study.device} ({where}), {study.dtype}, "
           f"{'quick' if study.quick else 'full'} sizes -> {study.out}")
     if study.real:
@@ -455,7 +447,7 @@ def main(argv=None):
     completions = complete_prompts(study)
     majority = majority_baselines(study)
     result = {"models": study.models, "real": study.real, "base": study.base_path or "tiny LLaMA from scratch",
-              "device": study.device, "dtype": study.dtype, "cpu": cpu_name(), "quick": study.quick,
+              "device": study.device, "dtype": study.dtype, "cpu": bench.machine()["cpu"], "quick": study.quick,
               "sizes": asdict(study.sizes), "learning_rates": learning_rates, "validation": validation,
               "accuracy": accuracy, "majority": majority, "perplexity": perplexity,
               "completions": {study.models[m]: v for m, v in completions.items()},
