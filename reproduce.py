@@ -18,14 +18,14 @@ PMC-LLaMA's whole study (Table 1, Fig. 2, Fig. 3), end to end, on the real data 
 4. the fine-tuning learning rate of each setting (full, LoRA r=8 alpha=8 q/v) chosen on a validation slice of the
    500 non-test PubMedQA questions (train on its first part, score the last 100), on the base model, then used for
    both models;
-5. fine-tuning of both models, full and LoRA, on the 500 non-test PubMedQA questions, and on USMLE sample records
-   100-199 (the data-efficient scenario; records 0-99 are its test: a smoke-sized stand-in for the 10,178-question
-   train split);
-6. loglik evaluation (eval_qa.py) of every model x setting: PubMedQA test (500), MedMCQA dev, USMLE records 0-99
-   (OOD for the PubMedQA-tuned models, ID for the USMLE-tuned ones), with 95% Wilson intervals, the majority-class
-   baseline and the distribution of predicted labels;
+5. fine-tuning of both models, full and LoRA, on the 500 non-test PubMedQA questions, and on MedQA-USMLE's dev split
+   (1,272 questions: it stands in for the 10,178-question train split, which is not reachable offline);
+6. loglik evaluation (eval_qa.py) of every model x setting: PubMedQA test (500), MedMCQA dev (4,183), the MedQA-USMLE
+   4-option test (1,273; OOD for the PubMedQA-tuned models, ID for the USMLE-tuned ones) and the six MMLU medical
+   subjects (1,089, pooled), with 95% Wilson intervals, the majority-class baseline and the predicted labels;
 7. Fig. 3: four sentence-completion prompts continued greedily by both models (sample.py).
-Writes OUT/table.md (Table 1's layout), OUT/curves.png + curves.csv (Fig. 2: fine-tuning loss, EMA 0.6),
+Writes OUT/table.md (Table 1's layout) and OUT/table1.png (its figure), OUT/curves.png + curves.csv (Fig. 2:
+fine-tuning loss, EMA 0.6),
 OUT/completions.md and OUT/results.json (every number, per-step times). Every step is one of the project's scripts,
 called through its main(argv) with the arguments printed; this file only chains them. What is evaluated where is
 decided in two places: benches() (the test sets) and finetune_sets() (the fine-tuning data).
@@ -64,7 +64,7 @@ PROMPTS = [  # the topics of the paper's Fig. 3 sentence completions
     "Chronic obstructive pulmonary disease (COPD) is", "Robotic cardiac surgery is",
     "Metformin is a first-line", "Community-acquired pneumonia is"]
 SETTINGS = {"zero-shot": "zero-shot", "full": "full fine-tuning", "lora": "LoRA (r=8, alpha=8, q/v)"}
-BENCH_NAMES = {"pubmedqa": "PubMedQA", "usmle": "USMLE"}
+BENCH_NAMES = {"pubmedqa": "PubMedQA", "usmle": "USMLE"}  # the fine-tuning sets
 
 
 # -----------------------------------------------------------------------------
@@ -92,13 +92,14 @@ class Sizes:
     ft_epochs: float = 2.0  # on PubMedQA's 500 non-test questions
     usmle_epochs: float = 3.0
     ft_select: str = ""  # which PubMedQA training questions ('': all 500)
-    usmle_select: str = "100:200"  # the USMLE sample records trained on (0-99 are its test)
+    usmle_select: str = ""  # which questions of MedQA-USMLE's dev split are trained on ('': all 1,272)
     grid: dict = field(default_factory=lambda: {"full": [2e-3], "lora": [2e-3]})  # learning rates tried per setting
     sel_train: str = "0:400"  # the validation slice of the learning-rate choice: train on these, score those
     sel_val: str = "400:500"
     limit: int = 0  # PubMedQA test questions evaluated (0: all)
     medmcqa_limit: int = 0
-    usmle_test: int = 100
+    usmle_test: int = 0  # MedQA-USMLE test questions evaluated (0: all 1,273)
+    mmlu_limit: int = 0  # questions evaluated per MMLU subject (0: all)
     gen_tokens: int = 40  # Fig. 3 completion length
     eval_batch: int = 32
 
@@ -106,10 +107,10 @@ class Sizes:
 TINY_MODEL = ["--dim=128", "--n_layers=4", "--n_heads=4", "--n_kv_heads=2", "--intermediate_size=352"]
 TOY_MODEL = ["--dim=64", "--n_layers=2", "--n_heads=4", "--n_kv_heads=2", "--intermediate_size=176"]
 # a tiny LLaMA from scratch knows nothing: large steps; it knows no context longer than it was trained on (ft_block)
-TINY = dict(model=TINY_MODEL, block=256, base_iters=220, pmc_iters=180, ft_block=256)
+TINY = dict(model=TINY_MODEL, block=256, base_iters=220, pmc_iters=180, ft_block=256, usmle_select="0:300")
 TINY_QUICK = dict(model=TOY_MODEL, block=128, base_iters=15, pmc_iters=15, ft_block=128, ft_epochs=1.0,
-                  usmle_epochs=1.0, limit=60, medmcqa_limit=60, sel_train="0:48", ft_select="0:48",
-                  usmle_select="100:124", grid={"full": [2e-3, 1e-3], "lora": [2e-3]}, gen_tokens=8)
+                  usmle_epochs=1.0, limit=60, medmcqa_limit=60, usmle_test=60, mmlu_limit=10, sel_train="0:48",
+                  ft_select="0:48", usmle_select="0:24", grid={"full": [2e-3, 1e-3], "lora": [2e-3]}, gen_tokens=8)
 # A pretrained 135M model: continued pre-training at 1e-4 (PMC-LLaMA's 2e-5 is 1/15 of LLaMA-7B's pre-training
 # peak of 3e-4; SmolLM2-135M's peak was 3e-3, and our batch is 8x smaller: 1e-4 nudges rather than overwrites).
 # Fine-tuning: full at 2e-5..1e-4 (the paper's 2e-5 and 5x it), LoRA at 10x those (PEFT's usual 1e-4..1e-3);
@@ -117,13 +118,15 @@ TINY_QUICK = dict(model=TOY_MODEL, block=128, base_iters=15, pmc_iters=15, ft_bl
 REAL = dict(pmc_lr=1e-4, pmc_min_lr=1e-5, eval_batches=16, gen_val=0.25, ft_block=512, ft_micro=4, ft_epochs=1.0,
             usmle_epochs=2.0, grid={"full": [2e-5, 1e-4], "lora": [2e-4, 1e-3]}, eval_batch=16)
 REAL_QUICK = dict(block=64, pre_micro=4, pre_global=4, pmc_iters=2, warmup=1, eval_batches=2, ft_block=256,
-                  ft_global=4, usmle_epochs=1.0, ft_select="0:8", usmle_select="100:108", sel_train="0:4",
-                  sel_val="400:404", limit=8, medmcqa_limit=8, usmle_test=8, gen_tokens=6)
+                  ft_global=4, usmle_epochs=1.0, ft_select="0:8", usmle_select="0:8", sel_train="0:4",
+                  sel_val="400:404", limit=8, medmcqa_limit=8, usmle_test=8, mmlu_limit=2, gen_tokens=6)
 # CUDA: the paper's recipe scaled to the model: 512-token windows, batch 128, 5 epochs
 REAL_CUDA = dict(block=512, pre_micro=32, pre_global=128, pmc_epochs=5.0, eval_batches=4, ft_micro=16,
                  ft_epochs=3.0, usmle_epochs=3.0, eval_batch=64, gen_tokens=64)
-# 2 CPU cores, 90 minutes in all (AMD EPYC): half an epoch of 256-token windows, one epoch of fine-tuning
-REAL_CPU = dict(block=256, pmc_iters=72, warmup=6, sel_train="0:200", medmcqa_limit=1000)
+# 2 CPU cores (AMD EPYC): half an epoch of 256-token windows, one epoch of fine-tuning; the evaluations and the USMLE
+# fine-tuning set subsampled (the first questions of each file)
+REAL_CPU = dict(block=256, pmc_iters=72, warmup=6, sel_train="0:200", medmcqa_limit=1000, usmle_test=300,
+                mmlu_limit=30, usmle_select="0:200")
 
 
 def sizes(quick, real, device):
@@ -298,21 +301,29 @@ def held_out_perplexity(study):
 # 4-6. fine-tuning and evaluation
 
 def benches(study):
-    """The test sets every model is evaluated on, in order: bench -> (data file, questions evaluated; 0: all)."""
+    """The test sets every model is evaluated on, in order: bench -> (data file, questions evaluated; 0: all).
+    'mmlu' stands for the six MMLU medical subjects (eval_qa's default files under the data root), pooled; its limit
+    is per subject."""
     d, s = study.data, study.sizes
     return {"pubmedqa": (os.path.join(d, "pubmedqa", "ori_pqal.json"), s.limit),
             "medmcqa": (os.path.join(d, "medmcqa", "dev.json"), s.medmcqa_limit),
-            "usmle": (os.path.join(d, "medqa_usmle", "sample_200.jsonl"), s.usmle_test)}
+            "usmle": (os.path.join(d, "medqa_usmle", "phrases_no_exclude_test.jsonl"), s.usmle_test),
+            "mmlu": (d, s.mmlu_limit)}
+
+
+def usmle_train_file(study):
+    """MedQA-USMLE's dev split: it stands in for the 10,178-question train split, not reachable offline."""
+    return os.path.join(study.data, "medqa_usmle", "phrases_no_exclude_dev.jsonl")
 
 
 def finetune_sets(study):
-    """The fine-tuning data, as finetune_qa.py flags: PubMedQA's non-test questions, and the USMLE records that
-    stand in for its train split (ID)."""
+    """The fine-tuning data, as finetune_qa.py flags: PubMedQA's non-test questions, and MedQA-USMLE's dev split
+    (ID for USMLE)."""
     s, files = study.sizes, benches(study)
     pubmedqa = [f"--pubmedqa_train={files['pubmedqa'][0]}", f"--epochs={s.ft_epochs}"]
     return {"pubmedqa": pubmedqa + ([f"--select={s.ft_select}"] if s.ft_select else []),
-            "usmle": ["--pubmedqa_train=", f"--usmle_train={files['usmle'][0]}", f"--select={s.usmle_select}",
-                      f"--epochs={s.usmle_epochs}"]}
+            "usmle": ["--pubmedqa_train=", f"--usmle_train={usmle_train_file(study)}", f"--epochs={s.usmle_epochs}",
+                      *([f"--select={s.usmle_select}"] if s.usmle_select else [])]}
 
 
 def evaluated_on(study, tuned_on):
@@ -363,18 +374,21 @@ def choose_learning_rates(study):
 
 def labels_of(bench, idx):
     """How often each answer (by name) occurs in a list of answer indices (None: no answer)."""
-    names = qa_data.PUBMEDQA_LABELS if bench == "pubmedqa" else "ABCDE"
+    names = qa_data.PUBMEDQA_LABELS if bench == "pubmedqa" else qa_data.LETTERS
     return dict(sorted(Counter(names[i] if i is not None else "none" for i in idx).items()))
 
 
 def evaluate(study, label, model, benches_, key):
-    """eval_qa.py on each bench -> {key/bench: accuracy, its 95% interval, n, acc_norm, the predicted labels}."""
+    """eval_qa.py on each bench -> {key/bench: accuracy, its 95% interval, n, acc_norm, the predicted labels}.
+    MMLU's six subjects run in one call; their row is the pooled one (eval_qa.summarize: one 1,089-question task)."""
     acc = {}
     for b, (path, limit) in benches_.items():
         where = f"{study.out}/eval/{key.replace('/', '_')}_{b}"
-        res = study.steps.run(f"evaluate {label} / {b}", eval_qa.main,
-                              [f"--bench={b}", f"--data={path}", *model, f"--out={where}", *eval_flags(study),
-                               *([f"--limit={limit}"] if limit else [])])[b]
+        data = [f"--data_root={path}"] if b == "mmlu" else [f"--data={path}"]
+        results = study.steps.run(f"evaluate {label} / {b}", eval_qa.main,
+                                  [f"--bench={b}", *data, *model, f"--out={where}", *eval_flags(study),
+                                   *([f"--limit={limit}"] if limit else [])])
+        res = eval_qa.summarize(results)["mmlu_medical (pooled)"] if b == "mmlu" else results[b]
         with open(f"{where}/predictions.jsonl") as f:
             preds = [json.loads(line)["pred"] for line in f]
         acc[f"{key}/{b}"] = {k: res[k] for k in ("acc", "acc_ci95", "n", "acc_norm")}
@@ -399,22 +413,34 @@ def finetune_and_evaluate(study, learning_rates):
     return accuracy, runs
 
 
-def majority_baseline(bench, examples, train_examples=None):
+def majority_baseline(bench, examples, train_examples=None, source="train part"):
     """Accuracy of always answering the most frequent label of the train part where there is one (PubMedQA's
-    non-test ids, USMLE records 100-199), else of the evaluated questions themselves (MedMCQA: an optimistic bound)."""
+    non-test ids, MedQA-USMLE's dev split), else of the evaluated questions themselves (MedMCQA, MMLU: an
+    optimistic bound)."""
     ref = train_examples or examples
     label = Counter(e.gold for e in ref).most_common(1)[0][0]
     return {"acc": sum(e.gold == label for e in examples) / len(examples), "label": labels_of(bench, [label]),
-            "from": "train part" if train_examples else "test labels"}
+            "from": source if train_examples else "test labels"}
+
+
+def test_examples(bench, path, limit):
+    """The questions a bench evaluates (MMLU: the first `limit` of each subject, as eval_qa --limit does)."""
+    if bench != "mmlu":
+        return qa_data.load(bench, path, split="test", cop_base=1)[:limit or None]
+    return [ex for b in qa_data.expand_benches("mmlu")
+            for ex in qa_data.load(b, os.path.join(path, eval_qa.DEFAULT_FILES[b][0]))[:limit or None]]
 
 
 def majority_baselines(study):
     majority = {}
     for b, (path, limit) in benches(study).items():
-        examples = qa_data.load(b, path, split="test", cop_base=1)[:limit or None]
-        train_part = (qa_data.load(b, path, split="train") if b == "pubmedqa" else
-                      qa_data.load(b, path, select="100:200") if b == "usmle" else None)
-        majority[b] = majority_baseline(b, examples, train_part)
+        examples = test_examples(b, path, limit)
+        if b == "pubmedqa":
+            majority[b] = majority_baseline(b, examples, qa_data.load(b, path, split="train"), "non-test ids")
+        elif b == "usmle":
+            majority[b] = majority_baseline(b, examples, qa_data.load(b, usmle_train_file(study)), "dev split")
+        else:
+            majority[b] = majority_baseline(b, examples)
         majority[b]["truth"] = labels_of(b, [e.gold for e in examples])
     return majority
 
@@ -459,16 +485,38 @@ def main(argv=None):
 # -----------------------------------------------------------------------------
 # outputs
 
+def pyplot(figure, numbers):
+    """matplotlib's pyplot (headless), or None with a note: the figures are optional, their numbers are not."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        return plt
+    except ImportError:
+        print(f"matplotlib is not installed (pip install matplotlib): {figure} skipped; the numbers are in {numbers}",
+              file=sys.stderr)
+        return None
+
+
+def save_png(fig, path, dpi):
+    fig.savefig(path + ".tmp", dpi=dpi, format="png")
+    os.replace(path + ".tmp", path)  # never a half-written figure under the final name
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+
 def write_outputs(o, result, runs):
     write_atomic(os.path.join(o, "results.json"), json.dumps(result, indent=2))
     write_table(o, result)
+    write_table_figure(o, result)
     write_completions(o, result)
     write_curves(o, result["models"], runs)
-    print(f"\ndone in {result['total_seconds'] / 60:.1f} min: {o}/table.md, {o}/completions.md, {o}/results.json, "
+    print(f"\ndone in {result['total_seconds'] / 60:.1f} min: {o}/table.md (+ table1.png), {o}/completions.md, "
+          f"{o}/results.json, "
           f"{o}/curves.csv" + (f", {o}/curves.png" if os.path.exists(f"{o}/curves.png") else ""))
 
 
-COLUMNS = {"usmle": "USMLE (OOD/ID)", "medmcqa": "MedMCQA", "pubmedqa": "PubMedQA"}  # Table 1's, in its order
+COLUMNS = {"usmle": "USMLE (OOD/ID)", "medmcqa": "MedMCQA", "pubmedqa": "PubMedQA",  # Table 1's, in its order
+           "mmlu": "MMLU-medical"}  # and the six MMLU medical subjects pooled, as the field reports them
 
 
 def model_rows(models, show):
@@ -486,16 +534,21 @@ def model_rows(models, show):
 
 def table_header(r):
     n = {b: (r["accuracy"].get(f"base/zero-shot/{b}") or {}).get("n", 0) for b in COLUMNS}
-    first = f", the first {n['medmcqa']} of 4,183" if r["sizes"]["medmcqa_limit"] else ""
+
+    def part(b, total):  # a CPU run evaluates the first questions of a file
+        return f", the first {n[b]} of {total}" if n[b] < int(total.replace(",", "")) else ""
+
+    usmle_train = f"questions {r['sizes']['usmle_select']} of" if r["sizes"]["usmle_select"] else "all 1,272 of"
     return [f"# {r['models']['pmc']} vs {r['models']['base']}: PMC-LLaMA's Table 1", "",
             f"Accuracy [95% Wilson CI], loglik scoring with lm-evaluation-harness prompts; {r['device']}, {r['dtype']}"
             + (f" ({r['cpu']})" if r["device"] == "cpu" else "") + (", --quick sizes" if r["quick"] else "") + ".",
-            f"Fine-tuning: PubMedQA = the 500 non-test PQA-L questions; USMLE (ID) = sample records 100-199 (a "
-            f"smoke-sized stand-in for the 10,178-question train split). Learning rates chosen on a PubMedQA "
-            f"validation slice: {', '.join(f'{k} {v:g}' for k, v in r['learning_rates'].items())}.",
-            f"Test sets: PubMedQA official test ids (n={n['pubmedqa']}), MedMCQA dev (n={n['medmcqa']}{first}), USMLE "
-            f"sample records 0-{n['usmle'] - 1} (n={n['usmle']}). OOD: tuned on PubMedQA; ID: tuned on USMLE records "
-            f"100-199.", ""]
+            f"Fine-tuning: PubMedQA = the 500 non-test PQA-L questions; USMLE (ID) = {usmle_train} MedQA-USMLE's dev "
+            f"split (it stands in for the 10,178-question train split, not reachable offline). Learning rates chosen "
+            f"on a PubMedQA validation slice: {', '.join(f'{k} {v:g}' for k, v in r['learning_rates'].items())}.",
+            f"Test sets: PubMedQA official test ids (n={n['pubmedqa']}), MedMCQA dev (n={n['medmcqa']}"
+            f"{part('medmcqa', '4,183')}), MedQA-USMLE 4-option test (n={n['usmle']}{part('usmle', '1,273')}), MMLU's "
+            f"six medical subjects pooled (n={n['mmlu']}{part('mmlu', '1,089')}). OOD: tuned on PubMedQA; ID: tuned "
+            f"on USMLE. Figure: table1.png.", ""]
 
 
 def write_table(o, r):
@@ -526,6 +579,50 @@ def write_table(o, r):
              f"Total: {r['total_seconds'] / 60:.1f} minutes."]
     write_atomic(os.path.join(o, "table.md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def table_panels(r):
+    """Table 1's cells as panels: (title, [(setting, {model: (acc, lo, hi)})], majority acc or None)."""
+    panels = []
+    cols = [("usmle", "", "USMLE (OOD)"), ("usmle", "-usmle", "USMLE (ID)"), ("medmcqa", "", "MedMCQA"),
+            ("pubmedqa", "", "PubMedQA"), ("mmlu", "", "MMLU-medical")]
+    for bench, suffix, title in cols:
+        rows = []
+        for setting in SETTINGS:
+            cells = {m: r["accuracy"].get(f"{m}/{setting}{suffix if setting != 'zero-shot' else ''}/{bench}")
+                     for m in r["models"]}
+            if any(cells.values()):
+                rows.append((setting, {m: (c["acc"], *c["acc_ci95"]) for m, c in cells.items() if c}))
+        if rows and not (suffix and len(rows) == 1):
+            panels.append((title, rows, (r["majority"].get(bench) or {}).get("acc")))
+    return panels
+
+
+def write_table_figure(o, r):
+    """table1.png: accuracy with 95% intervals, base vs PMC model, per benchmark and setting; the majority-class
+    baseline dashed."""
+    plt = pyplot("table1.png", f"{o}/table.md")
+    if plt is None:
+        return
+    panels = table_panels(r)
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 3.2), sharey=True)
+    for ax, (title, rows, majority) in zip(list(axes), panels):
+        for k, (key, name) in enumerate(r["models"].items()):
+            pts = [(i, *cells[key]) for i, (_, cells) in enumerate(rows) if key in cells]
+            x = [i + (k - 0.5) * 0.25 for i, *_ in pts]
+            acc = [a for _, a, _, _ in pts]
+            err = [[a - lo for _, a, lo, _ in pts], [hi - a for _, a, _, hi in pts]]
+            ax.errorbar(x, acc, yerr=err, fmt="o", capsize=3, label=name)
+        if majority is not None:
+            ax.axhline(majority, ls="--", c="grey", lw=1, label="majority class")
+        ax.set_xticks(range(len(rows)), [s if s != "zero-shot" else "0-shot" for s, _ in rows])
+        ax.set_title(title, fontsize=10)
+        ax.set_ylim(0, 1)
+    axes[0].set_ylabel("accuracy (95% CI)")
+    axes[-1].legend(fontsize=7, loc="upper right")
+    fig.suptitle(f"Table 1: {r['models']['base']} vs {r['models']['pmc']}", fontsize=10)
+    fig.tight_layout()
+    save_png(fig, os.path.join(o, "table1.png"), dpi=110)
 
 
 def write_completions(o, r):
@@ -566,13 +663,8 @@ def write_curves(o, models, runs):
         for k, (its, ls) in curves.items():
             w.writerows([k, i, round(v, 5)] for i, v in zip(its, ls))
     os.replace(os.path.join(o, "curves.csv.tmp"), os.path.join(o, "curves.csv"))
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed (pip install matplotlib): curves.png skipped; the curves are in "
-              f"{o}/curves.csv", file=sys.stderr)
+    plt = pyplot("curves.png", f"{o}/curves.csv")
+    if plt is None:
         return
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, ds in zip(axes, BENCH_NAMES.values()):
@@ -585,8 +677,7 @@ def write_curves(o, models, runs):
         ax.legend(fontsize=8)
     fig.suptitle("cf. PMC-LLaMA Fig. 2")
     fig.tight_layout()
-    fig.savefig(os.path.join(o, "curves.png.tmp"), dpi=120, format="png")
-    os.replace(os.path.join(o, "curves.png.tmp"), os.path.join(o, "curves.png"))
+    save_png(fig, os.path.join(o, "curves.png"), dpi=120)
 
 
 if __name__ == "__main__":

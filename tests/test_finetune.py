@@ -32,7 +32,7 @@ def losses(out_dir):
 
 
 CONFIG_DATA = {"configs/ft_id_cpu.py": ("pubmedqa_train", ("pubmedqa", "ori_pqal.json")),
-               "configs/ft_usmle_cpu.py": ("usmle_train", ("medqa_usmle", "sample_200.jsonl"))}
+               "configs/ft_usmle_cpu.py": ("usmle_train", ("medqa_usmle", "phrases_no_exclude_dev.jsonl"))}
 
 
 @pytest.mark.parametrize("config", list(CONFIG_DATA))

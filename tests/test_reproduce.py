@@ -1,5 +1,6 @@
 """reproduce.py --quick, both ways: a tiny LLaMA from scratch, and the real pretrained SmolLM2-135M (--base).
 Every number in results.json is checked against the files it came from, recomputed here from the raw data."""
+import csv
 import json
 import math
 import os
@@ -12,6 +13,8 @@ import pytest
 from conftest import DATA, ROOT, data_path
 
 SETTINGS = ("zero-shot", "full", "lora")
+MMLU = ("anatomy", "clinical_knowledge", "college_biology", "college_medicine", "medical_genetics",
+        "professional_medicine")
 
 
 def study(tmp_path, *args):
@@ -34,11 +37,17 @@ def pubmedqa_truth():
 
 def check_outputs(out, res, names, r):
     table = (out / "table.md").read_text()
-    for name in (*names, "majority class", "PubMedQA", "MedMCQA", "USMLE (OOD/ID)", "perplexity", "Total:"):
+    for name in (*names, "majority class", "PubMedQA", "MedMCQA", "USMLE (OOD/ID)", "MMLU-medical", "perplexity",
+                 "Total:", "dev split"):
         assert name in table, name
     assert sum(line.startswith(f"| {n} | ") for n in names for line in table.splitlines()) == 2 * (3 + 3 + 1)
-    # 6 rows x 3 benchmarks, plus USMLE (ID) for the 4 fine-tuned rows
-    assert len(res["accuracy"]) == 2 * 3 * 3 + 2 * 2 and len(res["perplexity"]) == 4
+    # 6 rows x 4 benchmarks, plus USMLE (ID) for the 4 fine-tuned rows
+    assert len(res["accuracy"]) == 2 * 3 * 4 + 2 * 2 and len(res["perplexity"]) == 4
+    mmlu = res["sizes"]["mmlu_limit"]  # MMLU-medical: the first questions of each of the six subjects, pooled
+    for key in [k for k in res["accuracy"] if k.endswith("/mmlu")]:
+        m, setting, _ = key.split("/")
+        rows = [json.loads(line) for line in open(out / "eval" / f"{m}_{setting}_mmlu" / "predictions.jsonl")]
+        assert Counter(x["bench"] for x in rows) == {f"mmlu_{s}": mmlu for s in MMLU}, key
     for key, a in res["accuracy"].items():  # every accuracy, CI and label count from the predictions on disk
         m, setting, bench = key.split("/")
         rows = [json.loads(line) for line in open(out / "eval" / f"{m}_{setting}_{bench}" / "predictions.jsonl")]
@@ -53,7 +62,7 @@ def check_outputs(out, res, names, r):
                                                           for d in ("PubMedQA", "USMLE")}
     try:
         import matplotlib  # noqa: F401
-        assert (out / "curves.png").stat().st_size > 10_000
+        assert (out / "curves.png").stat().st_size > 10_000 and (out / "table1.png").stat().st_size > 10_000
     except ImportError:
         assert "matplotlib is not installed" in r.stderr
     comp = (out / "completions.md").read_text()
@@ -66,6 +75,9 @@ def check_outputs(out, res, names, r):
         assert os.path.isfile(out / m / "hf" / "model.safetensors")
         assert os.path.isfile(out / f"ft_{m}_lora_pubmedqa" / "adapter" / "adapter_config.json")
         assert os.path.isfile(out / f"ft_{m}_full_usmle" / "hf" / "config.json")
+        ft = json.load(open(out / f"ft_{m}_lora_usmle" / "train_config.json"))  # USMLE (ID) trains on the dev split
+        assert ft["usmle_train"].endswith("phrases_no_exclude_dev.jsonl")
+        assert ft["select"] == res["sizes"]["usmle_select"]
     assert not [d for d, _, _ in os.walk(out) if "ckpt-" in d]  # exports only: no resumable state left behind
     # the biomedical corpus: every CRAFT text, PMC XML article, the S2ORC record with a PMC id, every PubTator PMID
     meta = json.load(open(out / "data" / "biomed" / "meta.json"))
@@ -108,13 +120,18 @@ def test_quick_study_on_smollm2(tmp_path, smollm2_gguf):
             accs[lr] = sum(x["correct"] for x in rows) / len(rows)
             assert res["validation"][f"{setting}/{lr:g}"] == accs[lr]
         assert res["learning_rates"][setting] == max(grid, key=accs.get)
-    # the majority baselines, from the raw files: PubMedQA's train ids answer "yes" most; USMLE records 100-199
+    # the majority baselines, from the raw files: PubMedQA's train ids answer "yes" most; USMLE: its dev split's
+    # most frequent answer; MMLU: its own test labels (an optimistic bound)
     test, train = pubmedqa_truth()
     label = train.most_common(1)[0][0]
     assert res["majority"]["pubmedqa"]["acc"] == sum(g == label for _, g in test[:8]) / 8
-    us = [json.loads(x)["answer_idx"] for x in open(data_path("medqa_usmle", "sample_200.jsonl"))]
-    top = Counter(us[100:200]).most_common(1)[0][0]
+    us = [json.loads(x)["answer_idx"] for x in open(data_path("medqa_usmle", "phrases_no_exclude_test.jsonl"))]
+    dev = [json.loads(x)["answer_idx"] for x in open(data_path("medqa_usmle", "phrases_no_exclude_dev.jsonl"))]
+    top = Counter(dev).most_common(1)[0][0]
     assert res["majority"]["usmle"]["acc"] == sum(a == top for a in us[:8]) / 8
     assert res["majority"]["usmle"]["truth"] == dict(sorted(Counter(us[:8]).items()))
+    answers = [row[5] for s in MMLU for row in list(csv.reader(open(data_path("mmlu_medical", f"{s}_test.csv"))))[:2]]
+    assert res["majority"]["mmlu"]["acc"] == Counter(answers).most_common(1)[0][1] / 12
+    assert res["majority"]["mmlu"]["truth"] == dict(sorted(Counter(answers).items()))
     pub = [json.loads(x) for x in open(out / "eval" / "base_zero-shot_pubmedqa" / "predictions.jsonl")]
     assert [x["id"] for x in pub] == [k for k, _ in test[:8]]  # the official test ids, in the file's order
