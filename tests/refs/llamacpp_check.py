@@ -6,7 +6,7 @@ built from source in its own venv, never a dependency of this repository:
     CMAKE_ARGS="-DGGML_NATIVE=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 \
         /work/refs/llamacpp-venv/bin/pip install llama-cpp-python==0.3.36        # ~35 min on 2 cores
     python tests/refs/llamacpp_check.py --llama_python=/work/refs/llamacpp-venv/bin/python \
-        [--ft=FT_OUT_DIR] [--work=DIR] [--golden=tests/golden/llamacpp_smollm2.json]
+        [--ft=FT_OUT_DIR] [--extra MODEL ...] [--work=DIR] [--golden=tests/golden/llamacpp_smollm2.json]
 
 Run from this repository's venv. It writes the files (a tiny random LLaMA with the LLaMA sentencepiece vocabulary, F32
 and Q8_0; SmolLM2-135M-Instruct re-exported from its Q4_1 GGUF as F16 and Q8_0), computes our token ids, greedy
@@ -84,8 +84,9 @@ def our_side(job, model_path, tok_path):
     return job
 
 
-def build(work, ft):
-    """(case name, job) for every file llama.cpp is to run."""
+def build(work, ft, extra=()):
+    """(case name, job) for every file llama.cpp is to run; extra: more models (HF folders, GGUF files), as F16 and
+    Q8_0."""
     import gguf_export
     from conftest import make_hf_with_tokenizer
     from weights import find_smollm2_gguf
@@ -96,8 +97,10 @@ def build(work, ft):
                          ("tiny LLaMA (random), LLaMA sentencepiece", tiny, "q8_0"),
                          ("SmolLM2-135M-Instruct re-exported", smol, "f16"),
                          ("SmolLM2-135M-Instruct re-exported", smol, "q8_0"),
-                         ("SmolLM2-135M-Instruct re-exported", smol, "f32")):
-        out = os.path.join(work, f"{os.path.basename(src).split('.')[0]}-{t}.gguf")
+                         ("SmolLM2-135M-Instruct re-exported", smol, "f32"),
+                         *[(path, path, t) for path in extra for t in ("f16", "q8_0")]):
+        stem = os.path.basename(src).split(".")[0] if src in (tiny, smol) else src.strip("/").replace("/", "_")
+        out = os.path.join(work, f"{stem}-{t}.gguf")
         if not os.path.isfile(out):
             gguf_export.main([f"--init_from={src}", f"--out={out}", f"--outtype={t}"])
         files.append((f"{name}, {t.upper()}", out, out, None))
@@ -160,6 +163,7 @@ def main():
     ap.add_argument("--llama_python", help="python of the llama-cpp-python venv")
     ap.add_argument("--work", default="/tmp/llamacpp_check")
     ap.add_argument("--ft", default="", help="finetune_qa.py --lora=True --export_gguf=f32 output folder")
+    ap.add_argument("--extra", nargs="*", default=[], help="more models to check (HF folders, .gguf), as F16 and Q8_0")
     ap.add_argument("--golden", default="", help="also write llama.cpp's SmolLM2 F16 results here (tests/golden/)")
     ap.add_argument("--llama_side", nargs=2, metavar=("JOBS", "RESULT"), help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -170,7 +174,7 @@ def main():
     torch.manual_seed(0)
     torch.set_num_threads(1)  # token-by-token decoding is many small ops; a second thread on a shared CPU delays them
     os.makedirs(a.work, exist_ok=True)
-    jobs = build(a.work, a.ft)
+    jobs = build(a.work, a.ft, a.extra)
     jp, rp = os.path.join(a.work, "jobs.json"), os.path.join(a.work, "llama_result.json")
     json.dump(jobs, open(jp, "w"))
     subprocess.run([a.llama_python, os.path.abspath(__file__), "--llama_side", jp, rp], check=True)
