@@ -65,14 +65,31 @@ def texts():
              "time  70 min, 3.3 mg, 33333 units", "<s> x </s> <|im_end|>"])
 
 
-def our_side(job, model_path, tok_path):
-    """Our ids, greedy tokens and logits for the same file (its weights dequantized to fp32 by our reader)."""
+def round_like_q8_0(x):
+    """llama.cpp's quantize_row_q8_0 on the input of a Q8_0 matmul: blocks of 32 values along the row, scale
+    d = max|x| / 127, q = round(x / d), the scale stored as fp16; -> the values it multiplies, q * fp16(d)."""
+    import torch
+    shape = x.shape
+    b = x.float().reshape(-1, shape[-1] // 32, 32)
+    d = b.abs().amax(-1, keepdim=True) / 127
+    q = torch.round(b * torch.where(d > 0, 1 / d, torch.zeros_like(d)))
+    return (q * d.half().float()).reshape(shape).to(x.dtype)
+
+
+def our_side(job, model_path, tok_path, q8_activations=False):
+    """Our ids, greedy tokens and logits for the same file (its weights dequantized to fp32 by our reader).
+    q8_activations: every linear's input rounded as llama.cpp's CPU Q8_0 matmul quantizes it (a Q8_0 file only),
+    to tell llama.cpp's arithmetic apart from the file's contents."""
     import numpy as np
     import torch
     from test_gguf import FIG3_TOPICS
     from tokenizer import Tokenizer
     from weights import load_model
     model, tok = load_model(model_path), Tokenizer(tok_path)
+    if q8_activations:
+        for m in model.modules():
+            if isinstance(m, torch.nn.Linear):
+                m.register_forward_pre_hook(lambda _, args: (round_like_q8_0(args[0]),))
     job["texts"] = texts()
     job["ours_tokens"] = [tok.encode(t, bos=tok.add_bos) for t in job["texts"]]
     job["prompts"] = [tok.encode(p, bos=tok.add_bos) for p in FIG3_TOPICS]
@@ -104,9 +121,11 @@ def build(work, ft, extra=()):
         if not os.path.isfile(out):
             gguf_export.main([f"--init_from={src}", f"--out={out}", f"--outtype={t}"])
         files.append((f"{name}, {t.upper()}", out, out, None))
+        if t == "q8_0":  # and ours computing as llama.cpp's Q8_0 kernels do
+            files.append((f"{name}, Q8_0, ours with llama.cpp's Q8_0 activation rounding", (out, "q8"), out, None))
     if ft:  # llama.cpp: base + adapter.gguf; ours: the merged model finetune_qa.py wrote
         merged, adapter = os.path.join(ft, "model-f32.gguf"), os.path.join(ft, "adapter.gguf")
-        base32 = files[-1][1]
+        base32 = next(f[1] for f in files if f[0] == "SmolLM2-135M-Instruct re-exported, F32")
         files.append(("LoRA fine-tune of SmolLM2: llama.cpp base F32 + adapter.gguf vs our merged", merged, base32,
                       adapter))
         files.append(("LoRA fine-tune of SmolLM2: llama.cpp merged model-f32.gguf vs our merged", merged, merged, None))
@@ -115,7 +134,8 @@ def build(work, ft, extra=()):
     jobs, ours = [], {}
     for i, (name, ours_file, llama_file, lora) in enumerate(files):
         if ours_file not in ours:  # the merged model serves three cases
-            ours[ours_file] = our_side({"logits_out": os.path.join(work, f"logits-{len(ours)}")}, ours_file, ours_file)
+            path, q8 = ours_file if isinstance(ours_file, tuple) else (ours_file, False)
+            ours[ours_file] = our_side({"logits_out": os.path.join(work, f"logits-{len(ours)}")}, path, path, bool(q8))
         jobs.append({**ours[ours_file], "case": name, "model": llama_file, "lora": lora,
                      "llama_out": os.path.join(work, f"llama-logits-{i}")})
     return jobs
