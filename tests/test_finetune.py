@@ -53,9 +53,10 @@ def test_cpu_configs_read_the_tests_data_root(config, tmp_path, monkeypatch):
 @pytest.mark.parametrize("lora", [False, True])
 def test_cpu_scenarios_lower_the_loss(tmp_path, base, config, lora):
     data_path(*CONFIG_DATA[config][1])  # the config reads this file: skip with the reason when it is absent
-    # the configs as shipped, on fewer examples and one epoch to keep the suite short
+    # the configs as shipped, on fewer examples and one epoch to keep the suite short; 4 steps of a random base need
+    # a large step for LoRA to move the loss on long USMLE prompts
     r = finetune(config, tmp_path / "ft", base, f"--lora={lora}", "--select=0:64", "--epochs=1.0",
-                 "--global_batch_size=16", "--micro_batch_size=8", "--log_interval=1", "--learning_rate=3e-3")
+                 "--global_batch_size=16", "--micro_batch_size=8", "--log_interval=1", "--learning_rate=1e-2")
     ls = losses(tmp_path / "ft")
     assert len(ls) >= 3 and sum(ls[-2:]) / 2 < ls[0], ls
     cfg = json.load(open(tmp_path / "ft" / "train_config.json"))
