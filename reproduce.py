@@ -461,7 +461,8 @@ def complete_prompts(study):
 def main(argv=None):
     study = make_study(configure(dict(globals()), argv))
     os.makedirs(study.out, exist_ok=True)
-    where = bench.machine()["cpu"] if study.device == "cpu" else torch.cuda.get_device_name()
+    cpu = bench.machine()["cpu"]
+    where = cpu if study.device == "cpu" else torch.cuda.get_device_name()
     print(f"{study.models['base']} vs {study.models['pmc']} on {study.device} ({where}), {study.dtype}, "
           f"{'quick' if study.quick else 'full'} sizes -> {study.out}")
     if study.real:
@@ -474,7 +475,7 @@ def main(argv=None):
     completions = complete_prompts(study)
     majority = majority_baselines(study)
     result = {"models": study.models, "real": study.real, "base": study.base_path or "tiny LLaMA from scratch",
-              "device": study.device, "dtype": study.dtype, "cpu": bench.machine()["cpu"], "quick": study.quick,
+              "device": study.device, "dtype": study.dtype, "cpu": cpu, "quick": study.quick,
               "sizes": asdict(study.sizes), "learning_rates": learning_rates, "validation": validation,
               "accuracy": accuracy, "majority": majority, "perplexity": perplexity,
               "completions": {study.models[m]: v for m, v in completions.items()},
@@ -505,6 +506,7 @@ def save_png(fig, path, dpi):
     import matplotlib.pyplot as plt
     plt.close(fig)
 
+
 def write_outputs(o, result, runs):
     write_atomic(os.path.join(o, "results.json"), json.dumps(result, indent=2))
     write_table(o, result)
@@ -512,8 +514,7 @@ def write_outputs(o, result, runs):
     write_completions(o, result)
     write_curves(o, result["models"], runs)
     print(f"\ndone in {result['total_seconds'] / 60:.1f} min: {o}/table.md (+ table1.png), {o}/completions.md, "
-          f"{o}/results.json, "
-          f"{o}/curves.csv" + (f", {o}/curves.png" if os.path.exists(f"{o}/curves.png") else ""))
+          f"{o}/results.json, {o}/curves.csv" + (f", {o}/curves.png" if os.path.exists(f"{o}/curves.png") else ""))
 
 
 COLUMNS = {"usmle": "USMLE (OOD/ID)", "medmcqa": "MedMCQA", "pubmedqa": "PubMedQA",  # Table 1's, in its order
@@ -537,7 +538,7 @@ def table_header(r):
     n = {b: (r["accuracy"].get(f"base/zero-shot/{b}") or {}).get("n", 0) for b in COLUMNS}
 
     def part(b, total):  # a CPU run evaluates the first questions of a file
-        return f", the first {n[b]} of {total}" if n[b] < int(total.replace(",", "")) else ""
+        return f", the first {n[b]} of {total:,}" if n[b] < total else ""
 
     usmle_train = f"questions {r['sizes']['usmle_select']} of" if r["sizes"]["usmle_select"] else "all 1,272 of"
     return [f"# {r['models']['pmc']} vs {r['models']['base']}: PMC-LLaMA's Table 1", "",
@@ -547,8 +548,8 @@ def table_header(r):
             f"split (it stands in for the 10,178-question train split, not reachable offline). Learning rates chosen "
             f"on a PubMedQA validation slice: {', '.join(f'{k} {v:g}' for k, v in r['learning_rates'].items())}.",
             f"Test sets: PubMedQA official test ids (n={n['pubmedqa']}), MedMCQA dev (n={n['medmcqa']}"
-            f"{part('medmcqa', '4,183')}), MedQA-USMLE 4-option test (n={n['usmle']}{part('usmle', '1,273')}), MMLU's "
-            f"six medical subjects pooled (n={n['mmlu']}{part('mmlu', '1,089')}). OOD: tuned on PubMedQA; ID: tuned "
+            f"{part('medmcqa', 4183)}), MedQA-USMLE 4-option test (n={n['usmle']}{part('usmle', 1273)}), MMLU's "
+            f"six medical subjects pooled (n={n['mmlu']}{part('mmlu', 1089)}). OOD: tuned on PubMedQA; ID: tuned "
             f"on USMLE. Figure: table1.png.", ""]
 
 

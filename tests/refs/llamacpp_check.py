@@ -120,23 +120,24 @@ def build(work, ft, extra=()):
         out = os.path.join(work, f"{stem}-{t}.gguf")
         if not os.path.isfile(out):
             gguf_export.main([f"--init_from={src}", f"--out={out}", f"--outtype={t}"])
-        files.append((f"{name}, {t.upper()}", out, out, None))
+        files.append((f"{name}, {t.upper()}", out, out, None, False))
         if t == "q8_0":  # and ours computing as llama.cpp's Q8_0 kernels do
-            files.append((f"{name}, Q8_0, ours with llama.cpp's Q8_0 activation rounding", (out, "q8"), out, None))
+            files.append((f"{name}, Q8_0, ours with llama.cpp's Q8_0 activation rounding", out, out, None, True))
     if ft:  # llama.cpp: base + adapter.gguf; ours: the merged model finetune_qa.py wrote
         merged, adapter = os.path.join(ft, "model-f32.gguf"), os.path.join(ft, "adapter.gguf")
         base32 = next(f[1] for f in files if f[0] == "SmolLM2-135M-Instruct re-exported, F32")
         files.append(("LoRA fine-tune of SmolLM2: llama.cpp base F32 + adapter.gguf vs our merged", merged, base32,
-                      adapter))
-        files.append(("LoRA fine-tune of SmolLM2: llama.cpp merged model-f32.gguf vs our merged", merged, merged, None))
+                      adapter, False))
+        files.append(("LoRA fine-tune of SmolLM2: llama.cpp merged model-f32.gguf vs our merged", merged, merged, None,
+                      False))
         files.append(("LoRA fine-tune of SmolLM2: llama.cpp original Q4_1 base + adapter.gguf vs our merged", merged,
-                      smol, adapter))
+                      smol, adapter, False))
     jobs, ours = [], {}
-    for i, (name, ours_file, llama_file, lora) in enumerate(files):
-        if ours_file not in ours:  # the merged model serves three cases
-            path, q8 = ours_file if isinstance(ours_file, tuple) else (ours_file, False)
-            ours[ours_file] = our_side({"logits_out": os.path.join(work, f"logits-{len(ours)}")}, path, path, bool(q8))
-        jobs.append({**ours[ours_file], "case": name, "model": llama_file, "lora": lora,
+    for i, (name, ours_file, llama_file, lora, q8) in enumerate(files):
+        if (ours_file, q8) not in ours:  # the merged model serves three cases
+            ours[ours_file, q8] = our_side({"logits_out": os.path.join(work, f"logits-{len(ours)}")}, ours_file,
+                                           ours_file, q8)
+        jobs.append({**ours[ours_file, q8], "case": name, "model": llama_file, "lora": lora,
                      "llama_out": os.path.join(work, f"llama-logits-{i}")})
     return jobs
 
