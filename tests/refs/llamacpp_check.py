@@ -10,8 +10,8 @@ built from source in its own venv, never a dependency of this repository:
 
 Run from this repository's venv. It writes the files (a tiny random LLaMA with the LLaMA sentencepiece vocabulary, F32
 and Q8_0; SmolLM2-135M-Instruct re-exported from its Q4_1 GGUF as F16 and Q8_0), computes our token ids, greedy
-completions and logits on each file, runs llama.cpp on the same files in the other venv (this script again, with
---llama_side), and compares. --ft: a finetune_qa.py LoRA run on SmolLM2 made with --export_gguf=f32 (adapter.gguf,
+completions and logits on each file (for a Q8_0 file also with llama.cpp's CPU arithmetic, tests/refs/ggml_cpu.py),
+runs llama.cpp on the same files in the other venv (this script again, with --llama_side), and compares. --ft: a finetune_qa.py LoRA run on SmolLM2 made with --export_gguf=f32 (adapter.gguf,
 model-f32.gguf): llama.cpp applies adapter.gguf (lora_path=) to the base and is compared with our merged model.
 Results go to WORK/results.json and stdout.
 """
@@ -65,39 +65,32 @@ def texts():
              "time  70 min, 3.3 mg, 33333 units", "<s> x </s> <|im_end|>"])
 
 
-def round_like_q8_0(x):
-    """llama.cpp's quantize_row_q8_0 on the input of a Q8_0 matmul: blocks of 32 values along the row, scale
-    d = max|x| / 127, q = round(x / d), the scale stored as fp16; -> the values it multiplies, q * fp16(d)."""
-    import torch
-    shape = x.shape
-    b = x.float().reshape(-1, shape[-1] // 32, 32)
-    d = b.abs().amax(-1, keepdim=True) / 127
-    q = torch.round(b * torch.where(d > 0, 1 / d, torch.zeros_like(d)))
-    return (q * d.half().float()).reshape(shape).to(x.dtype)
-
-
-def our_side(job, model_path, tok_path, q8_activations=False):
+def our_side(job, model_path, tok_path, ggml=False):
     """Our ids, greedy tokens and logits for the same file (its weights dequantized to fp32 by our reader).
-    q8_activations: every linear's input rounded as llama.cpp's CPU Q8_0 matmul quantizes it (a Q8_0 file only),
-    to tell llama.cpp's arithmetic apart from the file's contents."""
+    ggml: our model run with llama.cpp's CPU arithmetic for Q8_0 (tests/refs/ggml_cpu.py), to tell the file apart
+    from the arithmetic."""
     import numpy as np
     import torch
+    from ggml_cpu import GgmlQ8Model
     from test_gguf import FIG3_TOPICS
     from tokenizer import Tokenizer
     from weights import load_model
     model, tok = load_model(model_path), Tokenizer(tok_path)
-    if q8_activations:
-        for m in model.modules():
-            if isinstance(m, torch.nn.Linear):
-                m.register_forward_pre_hook(lambda _, args: (round_like_q8_0(args[0]),))
     job["texts"] = texts()
     job["ours_tokens"] = [tok.encode(t, bos=tok.add_bos) for t in job["texts"]]
     job["prompts"] = [tok.encode(p, bos=tok.add_bos) for p in FIG3_TOPICS]
+    job["logit_ids"] = job["ours_tokens"][40][:128]  # the first PubMedQA context
     with torch.no_grad():
-        job["ours_greedy"] = [model.generate(torch.tensor([p]), N_NEW, temperature=0.0)[0, len(p):].tolist()
-                              for p in job["prompts"]]
-        job["logit_ids"] = job["ours_tokens"][40][:128]  # the first PubMedQA context
-        np.save(job["logits_out"] + ".ours.npy", model(torch.tensor([job["logit_ids"]]))[0][0].numpy())
+        if ggml:
+            g = GgmlQ8Model(model)
+            job["ours_greedy"] = [g.generate(p, N_NEW) for p in job["prompts"]]
+            g.reset()
+            logits = g.forward(job["logit_ids"])
+        else:
+            job["ours_greedy"] = [model.generate(torch.tensor([p]), N_NEW, temperature=0.0)[0, len(p):].tolist()
+                                  for p in job["prompts"]]
+            logits = model(torch.tensor([job["logit_ids"]]))[0][0]
+    np.save(job["logits_out"] + ".ours.npy", logits.numpy())
     return job
 
 
@@ -121,8 +114,8 @@ def build(work, ft, extra=()):
         if not os.path.isfile(out):
             gguf_export.main([f"--init_from={src}", f"--out={out}", f"--outtype={t}"])
         files.append((f"{name}, {t.upper()}", out, out, None, False))
-        if t == "q8_0":  # and ours computing as llama.cpp's Q8_0 kernels do
-            files.append((f"{name}, Q8_0, ours with llama.cpp's Q8_0 activation rounding", out, out, None, True))
+        if t == "q8_0":  # and ours computing as llama.cpp's CPU kernels do
+            files.append((f"{name}, Q8_0, ours with llama.cpp's CPU arithmetic", out, out, None, True))
     if ft:  # llama.cpp: base + adapter.gguf; ours: the merged model finetune_qa.py wrote
         merged, adapter = os.path.join(ft, "model-f32.gguf"), os.path.join(ft, "adapter.gguf")
         base32 = next(f[1] for f in files if f[0] == "SmolLM2-135M-Instruct re-exported, F32")
@@ -133,11 +126,11 @@ def build(work, ft, extra=()):
         files.append(("LoRA fine-tune of SmolLM2: llama.cpp original Q4_1 base + adapter.gguf vs our merged", merged,
                       smol, adapter, False))
     jobs, ours = [], {}
-    for i, (name, ours_file, llama_file, lora, q8) in enumerate(files):
-        if (ours_file, q8) not in ours:  # the merged model serves three cases
-            ours[ours_file, q8] = our_side({"logits_out": os.path.join(work, f"logits-{len(ours)}")}, ours_file,
-                                           ours_file, q8)
-        jobs.append({**ours[ours_file, q8], "case": name, "model": llama_file, "lora": lora,
+    for i, (name, ours_file, llama_file, lora, ggml) in enumerate(files):
+        if (ours_file, ggml) not in ours:  # the merged model serves three cases
+            ours[ours_file, ggml] = our_side({"logits_out": os.path.join(work, f"logits-{len(ours)}")}, ours_file,
+                                             ours_file, ggml)
+        jobs.append({**ours[ours_file, ggml], "case": name, "model": llama_file, "lora": lora,
                      "llama_out": os.path.join(work, f"llama-logits-{i}")})
     return jobs
 
