@@ -11,8 +11,9 @@ built from source in its own venv, never a dependency of this repository:
 Run from this repository's venv. It writes the files (a tiny random LLaMA with the LLaMA sentencepiece vocabulary, F32
 and Q8_0; SmolLM2-135M-Instruct re-exported from its Q4_1 GGUF as F16 and Q8_0), computes our token ids, greedy
 completions and logits on each file (for a Q8_0 file also with llama.cpp's CPU arithmetic, tests/refs/ggml_cpu.py),
-runs llama.cpp on the same files in the other venv (this script again, with --llama_side), and compares. --ft: a finetune_qa.py LoRA run on SmolLM2 made with --export_gguf=f32 (adapter.gguf,
-model-f32.gguf): llama.cpp applies adapter.gguf (lora_path=) to the base and is compared with our merged model.
+runs llama.cpp on the same files in the other venv (this script again, with --llama_side), and compares. --ft: a
+finetune_qa.py LoRA run on SmolLM2 made with --export_gguf=f32 (adapter.gguf, model-f32.gguf): llama.cpp applies
+adapter.gguf (lora_path=) to the base and is compared with our merged model.
 Results go to WORK/results.json and stdout.
 """
 import argparse
@@ -158,16 +159,20 @@ def report(jobs, res):
 
 def write_golden(jobs, res, path):
     """llama.cpp's own results on SmolLM2 re-exported as F16 (token ids of the texts, 40 greedy tokens per Fig. 3
-    prompt, with its F32 and its default F16 KV cache), for tests/test_gguf_export.py to hold our code to in CI."""
+    prompt, with its F32 and its default F16 KV cache) and as Q8_0 (greedy tokens, F32 KV cache), for
+    tests/test_gguf_export.py to hold our code to in CI."""
     i = next(k for k, j in enumerate(jobs) if j["case"] == "SmolLM2-135M-Instruct re-exported, F16")
+    q = next(k for k, j in enumerate(jobs) if j["case"] == "SmolLM2-135M-Instruct re-exported, Q8_0")
     got, keep = res["jobs"][i], list(range(50)) + list(range(80, len(jobs[i]["texts"])))
     golden = {"source": f"llama-cpp-python {res['llama_cpp_python']} (tests/refs/llamacpp_check.py)",
               "model": "SmolLM2-135M-Instruct.Q4_1.gguf -> gguf_export.py --outtype=f16",
               "note": "PubMedQA questions (40) and contexts (10) from ori_pqal.json, the Fig. 3 prompts, edge cases; "
                       "token_ids: llama.cpp's tokenize(add_bos=True); greedy: argmax of llama.cpp's logits, 40 tokens, "
-                      "with an F32 and with its default F16 KV cache",
+                      "with an F32 and with its default F16 KV cache; greedy_q8_0_f32_cache: the same on the Q8_0 "
+                      "export, F32 KV cache",
               "texts": [jobs[i]["texts"][k] for k in keep], "token_ids": [got["f32"]["tokens"][k] for k in keep],
-              "prompt_ids": jobs[i]["prompts"], "greedy": {kv: got[kv]["greedy"] for kv in got}}
+              "prompt_ids": jobs[i]["prompts"], "greedy": {kv: got[kv]["greedy"] for kv in got},
+              "greedy_q8_0_f32_cache": res["jobs"][q]["f32"]["greedy"]}
     with open(path, "w") as f:
         json.dump(golden, f, ensure_ascii=False)
 

@@ -42,7 +42,8 @@ def main(jobs_path, index):
         first = first or out
         diffs = [next((i for i, (a, b) in enumerate(zip(x, y)) if a != b), None) for x, y in zip(first, out)]
         name = ", ".join(f"{k}={'f16' if k == 'kv' and v else 'f32' if k == 'kv' else v}" for k, v in s.items())
-        print(f"{name}: greedy equal to the first setting's {diffs.count(None)}/{len(diffs)}, first differences {diffs}")
+        print(f"{name}: greedy equal to the first setting's {diffs.count(None)}/{len(diffs)}, "
+              f"first differences {diffs}")
 
 
 if __name__ == "__main__":
