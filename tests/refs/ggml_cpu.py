@@ -194,6 +194,8 @@ class GgmlQ8Model:
 
     def __init__(self, model):
         a = model.args
+        if a.rope_scaling:  # ggml's rope_yarn with frequency factors is not followed here
+            raise NotImplementedError(f"rope scaling {a.rope_scaling} is not emulated")
         self.args, self.model = a, model
         self.emb = model.model.embed_tokens.weight.detach().float()
         self.w = {n: q8_0_blocks(m.weight) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
