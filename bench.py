@@ -419,7 +419,7 @@ def bench_fsdp(cfg):
 
 
 # -----------------------------------------------------------------------------
-# the memory plan (memplan.py) of configs/pmc.py, and on a GPU measured (README, "Memory plan for LLaMA-7B")
+# the memory plan (memplan.py) of configs/pmc.py, and on a GPU measured (docs/training.md, "Memory plan for LLaMA-7B")
 
 MODES = {"reduce-scatter every micro-step": False, "deferred sync": True}  # train.py's defer_grad_sync
 

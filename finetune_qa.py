@@ -13,6 +13,7 @@ carry loss. A LoRA run saves out_dir/adapter in PEFT's format; a full run export
 model) and, for LoRA, out_dir/adapter.gguf (F32), the adapter alone for llama.cpp's --lora on the base's GGUF.
 """
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -112,8 +113,18 @@ def export_lora(model, model_args, c, ctx, base_name):
     return path
 
 
+def lora_layers(c):
+    """extend(model) for train.build_model: LoRA layers on c.lora_targets; None for full fine-tuning."""
+    targets = tuple(t.strip() for t in c.lora_targets.split(",") if t.strip())
+    return (lambda m: apply_lora(m, c.lora_r, c.lora_alpha, c.lora_dropout, targets)) if c.lora else None
+
+
 def main(argv=None):
     cfg = configure(dict(globals()), argv)  # a copy: the defaults stay untouched
+    if cfg["dry_run"]:  # the step at its real size on fake tensors: no weights, no QA files
+        lora = cfg["lora"]
+        return train.run_dry_run(cfg, extend=lora_layers(SimpleNamespace(**cfg)),
+                             trainable=mark_only_lora_as_trainable if lora else None)
     ctx = train.setup_distributed(cfg["device"])
     c = train.resolve(cfg, ctx)
     torch.manual_seed(c.seed)
@@ -132,8 +143,7 @@ def main(argv=None):
     encoded = [qa_data.encode_example(tok.encode, bos_id, ex, c.block_size) for ex in examples]
     data = QABatches(encoded, c, ctx.rank, ctx.world, tok.pad_id)
 
-    targets = tuple(t.strip() for t in c.lora_targets.split(",") if t.strip())
-    extend = (lambda m: apply_lora(m, c.lora_r, c.lora_alpha, c.lora_dropout, targets)) if c.lora else None
+    extend = lora_layers(c)
     if resume:  # every weight, base and adapter, comes from the checkpoint in fit()
         model = train.build_model(c, ctx.device, model_args=read_hf_config(ckpt), extend=extend)
     else:

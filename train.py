@@ -34,7 +34,8 @@ from weights import (MODEL_PATHS, hf_config, is_dcp_checkpoint, load_state_dict_
 # defaults (override with a configs/*.py file and --key=value)
 out_dir = "out/tiny_pmc"
 init_from = "scratch"  # 'scratch' | 'resume' (newest checkpoint in out_dir) | an HF folder
-# model, for init_from='scratch': a preset name (llama-7b, llama2-13b, ...) or the dimensions below
+# model, for init_from='scratch': a preset name (llama-7b, llama2-13b, ...) or the dimensions below; the dry run
+# also takes init_from's shape from the preset when its weights are not on this machine
 model_preset = ""
 dim = 256
 n_layers = 4
@@ -75,6 +76,9 @@ export_dtype = "bfloat16"  # dtype of the final HF export ('' to skip the export
 export_gguf = ""  # also write out_dir/model-<type>.gguf for llama.cpp: f32 | f16 | bf16 | q8_0 ('' none)
 export_only = False  # write the HF export of init_from (with 'resume': of the newest checkpoint) and exit
 eval_only = False  # measure the held-out loss / perplexity of init_from on data_dir's val split, and exit
+dry_run = False  # run the step at its real shape and world size on fake tensors (dryrun.py): memory, FLOPs, fit; exit
+world_size = 0  # the GPUs this config is for: the dry run simulates them (0: torchrun's WORLD_SIZE, else 8); a real
+# run checks that torchrun started that many (0: any)
 # -----------------------------------------------------------------------------
 
 # dense bf16 peak FLOP/s per GPU, for MFU
@@ -133,12 +137,7 @@ def build_model(c, device, init_path=None, model_args=None, extend=None):
     init_path, a seeded from-scratch init. Parameters added by extend() are left for the caller to initialise.
     """
     args = read_args(init_path) if init_path else model_args
-    with torch.device("meta"):
-        model = Transformer(args)
-    base_names = [n for n, _ in model.named_parameters()]
-    if extend is not None:
-        extend(model)
-    shard_model(model, c, device)
+    model, base_names = sharded_meta_model(args, c, device, extend)
     materialize(model, device)
     if init_path is None:
         load_state_dict_streaming(model, model.init_tensors(seed=c.seed), where="init")
@@ -148,6 +147,17 @@ def build_model(c, device, init_path=None, model_args=None, extend=None):
         load_state_dict_streaming(model, named_tensors(init_path), where=init_path,
                                   names=base_names)
     return model
+
+
+def sharded_meta_model(args, c, device, extend=None):
+    """The model on the meta device, extend(model), FSDP2: no storage yet. -> (model, the base parameters' names)"""
+    with torch.device("meta"):
+        model = Transformer(args)
+    base_names = [n for n, _ in model.named_parameters()]
+    if extend is not None:
+        extend(model)
+    shard_model(model, c, device)
+    return model, base_names
 
 
 def load_dcp_weights(model, path, names):
@@ -316,8 +326,11 @@ def get_lr(it, total, c):
 
 
 def flops_per_token(args: ModelArgs, n_params, seq_len):
-    """Training FLOPs per token: 6N for the weights plus attention's 12 * layers * heads * head_dim * seq."""
-    return 6 * n_params + 12 * args.n_layers * args.n_heads * args.head_dim * seq_len
+    """Model FLOPs per training token (no recomputation): 6 per parameter of a matrix product (not the embedding
+    lookup, unless tied to the head) plus attention's 12 * layers * heads * head_dim * seq (no causal discount, as
+    PaLM's MFU counts). The dry run's FLOP counter agrees to 0.01% at LLaMA-7B (docs/training.md)."""
+    matmul_params = n_params - (0 if args.tie_word_embeddings else args.vocab_size * args.dim)
+    return 6 * matmul_params + 12 * args.n_layers * args.n_heads * args.head_dim * seq_len
 
 
 def peak_flops(device):
@@ -513,6 +526,9 @@ def resolve(cfg, ctx):
     """Config dict -> namespace with derived grad_accum; checks that the global batch divides and, before hours of
     training rather than after, that a GGUF export type is one we write."""
     c = SimpleNamespace(**cfg)
+    if c.world_size and c.world_size != ctx.world:
+        raise SystemExit(f"world_size={c.world_size} in the config, but {ctx.world} process(es) started: "
+                         f"torchrun --nproc_per_node=... x --nnodes=... must give {c.world_size} (or set world_size=0)")
     per_step = c.micro_batch_size * ctx.world
     if c.global_batch_size % per_step:
         raise SystemExit(f"global_batch_size={c.global_batch_size} is not divisible by micro_batch_size="
@@ -544,7 +560,7 @@ def corpus_meta(c):
     """data_dir's meta.json (prepare_corpus.py's record of the corpus); fills in c.tokenizer from it."""
     require(os.path.join(c.data_dir, "meta.json"), "data_dir (its meta.json)",
             "prepare_corpus.py writes it, e.g. python prepare_corpus.py --source=s2orc --input=/data/s2orc "
-            f"--tokenizer=/models/llama-7b-hf --out_dir={c.data_dir} (README: The corpus)")
+            f"--tokenizer=/models/llama-7b-hf --out_dir={c.data_dir} (docs/corpus.md)")
     if c.init_from not in ("scratch", "resume"):
         require(c.init_from, "init_from", MODEL_PATHS + " Or init_from=scratch / resume.")
     with open(os.path.join(c.data_dir, "meta.json")) as f:
@@ -623,8 +639,70 @@ def export_final(model, model_args, c, ctx):
     return path
 
 
+# -----------------------------------------------------------------------------
+# the dry run: the step at its real size on fake tensors (dryrun.py measures it)
+
+def dry_run_args(c, vocab_size=32000):
+    """The model's shape without its weights: init_from's config.json (or GGUF header, or checkpoint) when it is on
+    this machine, else the named model_preset; from scratch, the dimensions (the corpus' vocabulary if prepared)."""
+    if c.init_from == "scratch":
+        meta = os.path.join(c.data_dir, "meta.json")
+        if os.path.isfile(meta):
+            with open(meta) as f:
+                vocab_size = json.load(f)["vocab_size"]
+        return scratch_args(c, vocab_size)
+    path = latest_checkpoint(c.out_dir) if c.init_from == "resume" else c.init_from
+    if path and os.path.exists(path):
+        return read_args(path)
+    if c.model_preset:
+        return preset(c.model_preset)
+    from model import PRESETS
+    raise SystemExit(f"dry run: init_from={c.init_from} is not on this machine; name its shape with "
+                     f"--model_preset=NAME (known: {', '.join(PRESETS)})")
+
+
+def run_dry_run(cfg, extend=None, trainable=None):
+    """--dry_run: train_step at the config's real shape and world size, on fake tensors and a fake process group
+    (dryrun.py): peak memory per GPU by category beside memplan.py's plan, the FLOPs of one optimizer step, and
+    whether it fits a 40 / 80 GB card (the plan's verdict first). extend(model) adds layers (LoRA) before sharding;
+    trainable(model) marks what trains and returns its parameter count. Reads no weights and no data."""
+    import dryrun
+    world = cfg["world_size"] or int(os.environ.get("WORLD_SIZE", 8))
+    ctx = dryrun.fake_world(world)
+    try:
+        c = resolve({**cfg, "world_size": world}, ctx)
+        c.compile = False  # eager, as memplan plans; compiling fake tensors would only cost time
+        args = dry_run_args(c)
+        model, _ = sharded_meta_model(args, c, ctx.device, extend)
+        n_train = trainable(model) if trainable else None
+        n_tensors = sum(p.requires_grad for p in model.parameters()) if trainable else None
+        plan = dryrun.planned(args, c, world, n_train, n_tensors)
+        line = (f"dry run of {c.init_from} ({args.n_layers} layers, dim {args.dim}, vocab {args.vocab_size}) on "
+                f"{world} GPUs; planned (memplan.py, + {dryrun.OVERHEAD_GIB:g} GiB CUDA allowance): "
+                f"{dryrun.verdict(plan[1])}")
+        if plan[1] / dryrun.GiB + dryrun.OVERHEAD_GIB > max(dryrun.CARDS_GIB):
+            raise SystemExit(line)  # fits no card: nothing to measure
+        print(line)
+        with dryrun.fake_tensors():
+            materialize(model, ctx.device)  # fake storage: the values do not matter, only shapes and dtypes
+            opt = make_optimizer(model, c)
+            zeros = torch.zeros(c.micro_batch_size, c.block_size, dtype=torch.long)  # full windows: every target counts
+            m = dryrun.measure(lambda: train_step(model, opt, [(zeros, zeros)] * c.grad_accum, c, ctx), model, opt)
+        tokens = c.micro_batch_size * c.block_size * c.grad_accum
+        n_params = sum(p.numel() for p in model.parameters())
+        model_flops = flops_per_token(args, n_params, c.block_size) * tokens
+        if n_train is not None:  # a frozen matrix gets no weight gradient: 4 FLOPs per parameter, not 6
+            model_flops -= 2 * (n_params - n_train - (0 if args.tie_word_embeddings else args.vocab_size * args.dim)) * tokens
+        recompute = dryrun.recompute_flops_per_token(args, c.block_size) * tokens if c.activation_checkpointing else 0
+        return dryrun.report(m, plan, c, world, model_flops, recompute, os.path.join(c.out_dir, "dry_run.json"))
+    finally:
+        dist.destroy_process_group()
+
+
 def main(argv=None):
     cfg = configure(dict(globals()), argv)  # a copy: the defaults stay untouched
+    if cfg["dry_run"]:
+        return run_dry_run(cfg)
     ctx = setup_distributed(cfg["device"])
     try:
         c = resolve(cfg, ctx)

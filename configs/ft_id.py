@@ -4,6 +4,7 @@
 #   torchrun --nproc_per_node=8 finetune_qa.py configs/ft_id.py --lora=True    # LoRA, PEFT defaults (r=8, alpha=8,
 #                                                                             # dropout 0, q_proj + v_proj)
 init_from = "out/pmc_llama_7b/hf"  # the continued-pre-trained model (or an HF LLaMA folder for the baseline)
+model_preset = "llama-7b"  # its shape, for the dry run (finetune_qa.py --dry_run=True) without the weights
 out_dir = "out/ft_id"
 pubmedqa_train = "data/pubmedqa/ori_pqaa.json"
 pubmedqa_split = "all"  # PQA-A has no test ids

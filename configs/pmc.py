@@ -10,8 +10,9 @@ tokenizer = "/models/llama-7b-hf/tokenizer.model"
 block_size = 512
 micro_batch_size = 4  # per GPU; grad_accum = 128 / (4 x 8) = 4
 global_batch_size = 128
-# gradients reduce-scattered after every micro-step, only their shards kept: ~17 GiB allocated per GPU, a 40 GB card
-# fits; True (one reduce-scatter per step) keeps unsharded fp32 gradients, +25 GiB: ~42 GiB (README: Memory plan)
+# gradients reduce-scattered after every micro-step, only their shards kept: ~16 GiB allocated per GPU, a 40 GB card
+# fits; True (one reduce-scatter per step) keeps unsharded fp32 gradients, +25 GiB: ~38 GiB (docs/training.md: the
+# memory plan; check any change first with python train.py configs/pmc.py --dry_run=True)
 defer_grad_sync = False
 epochs = 5.0
 learning_rate = 2e-5
@@ -30,3 +31,4 @@ log_interval = 10
 ckpt_interval = 2000
 keep_checkpoints = 2
 export_dtype = "bfloat16"
+model_preset = "llama-7b"  # init_from's shape, for the dry run on a machine without the weights (train.py --dry_run=True)
