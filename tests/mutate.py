@@ -143,12 +143,19 @@ MUTANTS = [
       T_STEP + "::test_gradients_between_micro_steps_are_sharded_unless_deferred",
       "unsharded gradients kept between micro-steps by default"),
     # memplan.py
-    M("memplan_shards_in_backward_only", "memplan.py", '"always" if accumulate and not defer_grad_sync else "backward"',
-      '"backward"', "tests/test_gpu_script.py::test_memory_plan_of_configs_pmc_by_hand",
+    M("memplan_shards_in_backward_only", "memplan.py",
+      '"always" if accumulate and not defer_grad_sync else "optimizer" if deferred else "backward"', '"backward"',
+      "tests/test_gpu_script.py::test_memory_plan_of_configs_pmc_by_hand",
       "the plan drops the gradient shards held between micro-steps"),
-    M("memplan_accumulator_always", "memplan.py", "4 * n if accumulate and defer_grad_sync else 0",
+    M("memplan_accumulator_always", "memplan.py", "4 * n if deferred else 0",
       "4 * n if accumulate else 0", "tests/test_gpu_script.py::test_memory_plan_of_configs_pmc_by_hand",
       "the plan counts the unsharded accumulator in both modes"),
+    # dryrun.py and the MFU formula
+    M("dryrun_books_dtensor_propagation", "dryrun.py", "ShardingPropagator._fake_mode_lock = OwnFakeMode()",
+      "ShardingPropagator._fake_mode_lock = saved", "tests/test_dryrun.py",
+      "the tracker books DTensor's global-shape propagation tensors (full gradients in clip_grad_norm_)"),
+    M("mfu_counts_embedding", "train.py", "matmul_params = n_params - (0 if", "matmul_params = n_params + 0 * (0 if",
+      "tests/test_dryrun.py", "the MFU formula counts the embedding lookup as a matrix product"),
     # qa_data.py
     M("qa_truncate_right", "qa_data.py", "ctx = ctx[len(ctx) - room:] if len(ctx) > room else ctx",
       "ctx = ctx[:room] if len(ctx) > room else ctx", "tests/test_qa_data.py", "a long prompt loses its end"),
