@@ -163,20 +163,23 @@ def planned(args, c, world, trainable=None, trainable_tensors=None):
                               c.activation_checkpointing, c.defer_grad_sync, trainable, trainable_tensors)
     b = [bytes_ for _, bytes_, _ in terms]  # in memory_plan's order (see there)
     groups = {"sharded_params": b[0], "optimizer": b[1], "grad_accumulator": b[2], "sharded_grads": b[3],
-              "gathered_params": b[4], "forward_activations": b[5] + b[6], "backward_activations": b[5] + b[7] + b[8]}
+              "gathered_params": b[4], "forward_activations": b[5] + b[6],
+              "backward_activations": max(b[5] + b[7] + b[8], b[9])}  # in a block, or the root's reduce-scatter
     return groups, peak
 
 
 def measured_groups(m):
     """The tracker's categories, grouped as planned(): the held state read before the optimizer step, the rest at
-    the forward (loss included) and backward peaks."""
+    the forward (loss included) and backward peaks: there, all that is neither state nor gathered parameters."""
     fw, bw, held = m["phases"].get("forward", {}), m["phases"].get("backward", {}), m["held"]
-    act = lambda s, *extra: sum(s.get(k, 0) for k in ("act", "temp", "inp", "buffer", *extra))  # noqa: E731
+    accumulator = fw.get("unsharded_grad", 0)  # in backward, unsharded gradients are also the root's, in flight
+    gathered = lambda s: s.get("unsharded_param", 0) + s.get("all_gather", 0)  # noqa: E731
+    rest = lambda s: s.get("total", 0) - gathered(s) - sum(  # noqa: E731
+        s.get(k, 0) for k in ("sharded_param", "opt", "sharded_grad")) - min(s.get("unsharded_grad", 0), accumulator)
     return {"sharded_params": held.get("sharded_param", 0), "optimizer": held.get("opt", 0),
-            "grad_accumulator": fw.get("unsharded_grad", 0),  # in backward also the root's gradients in flight
-            "sharded_grads": held.get("sharded_grad", 0),
-            "gathered_params": max(s.get("unsharded_param", 0) + s.get("all_gather", 0) for s in (fw, bw)),
-            "forward_activations": act(fw), "backward_activations": act(bw, "reduce_scatter")}
+            "grad_accumulator": accumulator, "sharded_grads": held.get("sharded_grad", 0),
+            "gathered_params": max(gathered(fw), gathered(bw)),
+            "forward_activations": rest(fw), "backward_activations": rest(bw)}
 
 
 ROWS = [("sharded_params", "fp32 master weights, sharded (4 B/param / world)", "sharded_param"),
@@ -184,9 +187,8 @@ ROWS = [("sharded_params", "fp32 master weights, sharded (4 B/param / world)", "
         ("sharded_grads", "fp32 gradients, sharded (4 B/param / world)", "sharded_grad"),
         ("grad_accumulator", "fp32 unsharded gradient accumulator (defer_grad_sync)", "unsharded_grad"),
         ("gathered_params", "bf16 parameters gathered: root + blocks in flight", "unsharded_param + all_gather"),
-        ("forward_activations", "forward peak: checkpoints/activations + the loss's buffers", "act+temp+inp+buffer"),
-        ("backward_activations", "backward peak: checkpoints + recomputed block + gradients in flight",
-         "act+temp+reduce_scatter+inp+buffer")]
+        ("forward_activations", "forward peak: checkpoints/activations + the loss's buffers", "the rest"),
+        ("backward_activations", "backward peak: a block's backward, or the root's reduce-scatter", "the rest")]
 
 
 def verdict(peak_bytes, overhead_gib=OVERHEAD_GIB):

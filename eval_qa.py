@@ -17,9 +17,17 @@ acc takes the argmax score, acc_norm the argmax of score / the characters of c w
 otherwise the prompt is run once into the KV cache and each choice continues from it.
 --method=generate is PMC-LLaMA's way: greedy decoding, then a regex picks the answer; no match is `no_answer`.
 
+The general side, what continued pre-training may cost: --bench=mmlu_all is MMLU's 57 subjects as the harness'
+default zero-shot mmlu_<subject> tasks (mmlu_stem, mmlu_humanities, mmlu_social_sciences, mmlu_other: one category),
+reported per subject, per category and as the whole group, pooled over questions (the harness' group accuracy) and
+as the mean of subjects; --bench=wikitext is the harness' wikitext task on WikiText-2's 62 test pages, and
+--bench=ppl --data=... the same metrics on any held-out text (perplexity.py): word and byte perplexity, bits per
+byte, by rolling windows of --max_length tokens (0: the model's context). Names combine in one model load:
+--bench=all,mmlu_all,wikitext.
+
 Prints a table (n, acc with its 95% Wilson interval, acc_norm per task; MMLU-medical pooled over its 1,089 questions;
-the unweighted mean of the tasks' accuracies) and writes it to DIR/results.md and DIR/results.json, beside
-DIR/predictions.jsonl (one line per question).
+the unweighted mean of the medical tasks' accuracies; the MMLU categories; the perplexities) and writes it to
+DIR/results.md and DIR/results.json, beside DIR/predictions.jsonl (one line per question or document).
 """
 import hashlib
 import json
@@ -33,15 +41,19 @@ from collections import defaultdict
 import torch
 from tqdm import tqdm
 
+import perplexity
 import qa_data
 from configurator import configure, require
 from lora import load_adapter, merge_lora
 from tokenizer import TOKENIZER_PATHS, Tokenizer
 from weights import MODEL_PATHS, load_model
 
-bench = "pubmedqa"  # comma-separated: pubmedqa, medmcqa, usmle, mmlu_<subject>; 'mmlu' (the six), 'all' (the nine)
-data = ""  # the benchmark file (with a single --bench); default: the official test split under data_root
-data_root = "data"  # where the default files live: pubmedqa/, medmcqa/, medqa_usmle/, mmlu_medical/ (DEFAULT_FILES)
+bench = "pubmedqa"  # comma-separated: pubmedqa, medmcqa, usmle, mmlu_<subject>, wikitext, ppl; groups: 'mmlu' (the
+# six medical subjects), 'all' (the nine medical tasks), 'mmlu_all' (57 subjects), mmlu_stem / _humanities / ...
+data = ""  # the benchmark file (with a single --bench; --bench=ppl: a .txt folder, a .jsonl or a prepared corpus)
+data_root = "data"  # where the default files live: pubmedqa/, medmcqa/, medqa_usmle/, mmlu/, general/ (DEFAULT_FILES)
+text_field = "text"  # --bench=ppl on a JSON Lines file: the field holding each document
+max_length = 0  # perplexity: tokens per rolling window (the harness' max_length); 0: the model's context length
 init_from = ""  # HF folder or train.py checkpoint
 lora = ""  # adapter folder (ours or PEFT's), applied on top of init_from
 tokenizer = ""  # default: the tokenizer inside init_from (tokenizer.json / tokenizer.model, or the .gguf itself)
@@ -64,11 +76,12 @@ DEFAULT_FILES = {  # the official evaluation splits, as the paper reports them
     "pubmedqa": ("pubmedqa/ori_pqal.json", "the 500 ids of test_ground_truth.json"),
     "medmcqa": ("medmcqa/dev.json", "the dev set, reported as test"),
     "usmle": ("medqa_usmle/phrases_no_exclude_test.jsonl", "the 1,273-question 4-option test file"),
-} | {f"mmlu_{s}": (f"mmlu_medical/{s}_test.csv", f"MMLU's data/test/{s}_test.csv from "
-                   "https://people.eecs.berkeley.edu/~hendrycks/data.tar") for s in qa_data.MMLU_SUBJECTS}
+    "wikitext": ("general/wikitext2_test_raw/wikitext-test-pages.jsonl", "WikiText-2's raw test split as its 62 pages"),
+} | {f"mmlu_{s}": (f"mmlu/{s}_test.csv", f"MMLU's data/test/{s}_test.csv") for s in qa_data.MMLU_ALL}
+PPL_BENCHES = ("wikitext", "ppl")  # perplexity.py's; the rest are qa_data's
 DEFAULT_SHOTS = {"medmcqa": "medmcqa/train.json",
                  "usmle": "medqa_usmle/phrases_no_exclude_train.jsonl"
-                 } | {f"mmlu_{s}": f"mmlu_medical/{s}_dev.csv" for s in qa_data.MMLU_SUBJECTS}  # the harness' shots
+                 } | {f"mmlu_{s}": f"mmlu/{s}_dev.csv" for s in qa_data.MMLU_ALL}  # the harness' shots: MMLU's dev
 ANSWER_RE = {
     "pubmedqa": re.compile(r"\b(yes|no|maybe)\b", re.IGNORECASE),
     "mcq": re.compile(r"(?:^|[^A-Za-z])([A-Z])(?:$|[^A-Za-z])"),
@@ -183,6 +196,32 @@ def score_loglik(model, items, batch_size, device, progress=True, naive=False):
     return scores
 
 
+@torch.inference_mode()
+def score_windows(model, windows, batch_size, device, chunk=512, progress=True):
+    """Sum of log p(target | inputs so far) over each (inputs, targets) window of equal length; batched by length,
+    right-padded, lm_head and log_softmax a chunk of positions at a time (never a whole batch's logits)."""
+    sums = [0.0] * len(windows)
+    order = sorted(range(len(windows)), key=lambda i: -len(windows[i][0]))
+    for b in tqdm(range(0, len(order), batch_size), disable=not progress or not windows, desc="windows",
+                  unit_scale=batch_size):
+        rows = order[b:b + batch_size]
+        T = len(windows[rows[0]][0])
+        x = torch.zeros(len(rows), T, dtype=torch.long)
+        y = torch.full((len(rows), T), -100, dtype=torch.long)
+        for j, i in enumerate(rows):
+            inputs, targets = windows[i]
+            x[j, :len(inputs)], y[j, :len(targets)] = torch.tensor(inputs), torch.tensor(targets)
+        h, y = model.hidden(x.to(device)), y.to(device)
+        total = torch.zeros(len(rows), dtype=torch.float64, device=device)
+        for s in range(0, T, chunk):
+            lp = _logprobs(model, h[:, s:s + chunk])
+            t = y[:, s:s + chunk]
+            total += (lp.gather(-1, t.clamp(min=0)[..., None])[..., 0] * (t != -100)).sum(1).double()
+        for j, i in enumerate(rows):
+            sums[i] = total[j].item()
+    return sums
+
+
 def extract_answer(bench, text, n_choices):
     """The first answer-looking token of a generation: yes/no/maybe, or a choice letter; None if there is none."""
     if bench == "pubmedqa":
@@ -232,11 +271,28 @@ def group_accuracy(examples, correct, key):
 
 
 def resolve_data(c, b, single):
+    if b == "ppl":  # the user's own held-out text: checked by perplexity.load_documents
+        return c.data or require("", "data", "--bench=ppl scores your text: --data=a .txt folder, a .jsonl file or "
+                                             "a prepare_corpus.py out_dir")
     path = c.data if (single and c.data) else os.path.join(c.data_root, DEFAULT_FILES[b][0])
     if not os.path.isfile(path):
-        raise SystemExit(f"{b}: no data file {path} (default: {DEFAULT_FILES[b][0]} under --data_root, "
-                         f"{DEFAULT_FILES[b][1]}; or pass --data=FILE in the official format)")
+        raise SystemExit(f"{b}: no data file {path} ({DEFAULT_FILES[b][1]}); fetch the benchmarks with: python "
+                         f"download.py --benchmarks --data_root={c.data_root} (or pass --data=FILE, official format)")
     return path
+
+
+def parse_benches(spec):
+    """--bench -> the task names in order (QA tasks and perplexity benches); an unknown name is a one-line error."""
+    names = []
+    for b in (s.strip() for s in spec.split(",")):
+        try:
+            new = [b] if b in PPL_BENCHES else qa_data.expand_benches(b)
+        except ValueError as e:
+            raise SystemExit(f"--bench={spec}: {e}; and the perplexity benches {', '.join(PPL_BENCHES)}") from None
+        names += [n for n in new if n not in names]
+    if not names:
+        raise SystemExit("--bench is empty: name one or several benchmarks, 'mmlu', 'mmlu_all', 'all' or 'wikitext'")
+    return names
 
 
 def few_shots(c, b, data_path):
@@ -291,6 +347,40 @@ def evaluate_bench(model, tok, c, b, path):
     return res, rows
 
 
+def evaluate_ppl(model, tok, c, b, path):
+    """Word and byte perplexity and bits per byte of documents (perplexity.py): the wikitext task's pages,
+    detokenized as the harness does, or the user's held-out text as it is."""
+    if b == "wikitext":
+        pages = perplexity.read_jsonl(path, "page")
+        texts, counted = [perplexity.wikitext_detokenize(p) for p in pages], pages  # words and bytes of the page
+    else:
+        texts = counted = perplexity.load_documents(path, c.text_field)
+    max_len = c.max_length or model.args.max_seq_len
+    if max_len < 2 or max_len > model.args.max_seq_len:
+        raise SystemExit(f"max_length={max_len}: rolling windows need 2 to {model.args.max_seq_len} tokens "
+                         f"(the model's context); set --max_length")
+    prefix = tok.bos_id if tok.bos_id is not None else tok.eos_id  # the harness' prefix token
+    if prefix is None:
+        raise SystemExit(f"{tok.path}: no BOS or EOS token to condition a document's first token on")
+    docs = [tok.encode(t) for t in texts]
+    windows = [perplexity.rolling_windows(d, prefix, max_len) for d in docs]
+    t0 = time.perf_counter()
+    flat = score_windows(model, [w for ws in windows for w in ws], c.batch_size, c.device)
+    elapsed = time.perf_counter() - t0
+    logliks, k = [], 0
+    for ws in windows:
+        logliks.append(sum(flat[k:k + len(ws)]))
+        k += len(ws)
+    res = {"bench": b, "n": len(docs), **perplexity.metrics(logliks, counted, sum(map(len, docs))),
+           "max_length": max_len, "windows": len(flat), "model": c.init_from, "lora": c.lora or None,
+           "data": os.path.abspath(path), "elapsed_s": round(elapsed, 3)}
+    if os.path.isfile(path):
+        res["data_sha256"] = sha256_file(path)
+    rows = [{"bench": b, "id": i, "loglikelihood": ll, "tokens": len(d), "words": perplexity.word_count(t),
+             "bytes": len(t.encode("utf-8"))} for i, (ll, d, t) in enumerate(zip(logliks, docs, counted))]
+    return res, rows
+
+
 def load_for_eval(c):
     model = load_model(c.init_from, dtype=getattr(torch, c.dtype), device=c.device)
     if c.lora:
@@ -299,26 +389,64 @@ def load_for_eval(c):
     return model.eval()
 
 
+def pooled(rs):
+    """Tasks as one: accuracy over all their questions (the harness' group accuracy, weighted by size)."""
+    n, k = sum(r["n"] for r in rs), sum(r["correct"] for r in rs)
+    norm = None if any(r["acc_norm"] is None for r in rs) else sum(r["acc_norm"] * r["n"] for r in rs) / n
+    return {"n": n, "acc": k / n, "acc_ci95": wilson_ci(k, n), "acc_norm": norm}
+
+
+def macro(rs):
+    """The unweighted mean of the tasks' accuracies."""
+    norm = None if any(r["acc_norm"] is None for r in rs) else sum(r["acc_norm"] for r in rs) / len(rs)
+    return {"n": sum(r["n"] for r in rs), "acc": sum(r["acc"] for r in rs) / len(rs), "acc_ci95": None,
+            "acc_norm": norm}
+
+
 def summarize(results):
     """Rows beyond the tasks: MMLU-medical pooled over its questions (a micro average, as one 1,089-question task)
-    when several subjects ran, and the unweighted (macro) mean of the tasks' accuracies when several tasks ran."""
+    when several of its subjects ran; the unweighted (macro) mean of the medical tasks' accuracies when several
+    ran; and, when MMLU beyond its medical subjects ran, each category and all the subjects run, pooled (micro) and
+    as the mean of subjects (macro)."""
     rows = {}
-    mmlu = [r for b, r in results.items() if b.startswith("mmlu_")]
-    if len(mmlu) > 1:
-        n, k = sum(r["n"] for r in mmlu), sum(r["correct"] for r in mmlu)
-        norm = None if any(r["acc_norm"] is None for r in mmlu) else sum(r["acc_norm"] * r["n"] for r in mmlu) / n
-        rows["mmlu_medical (pooled)"] = {"n": n, "acc": k / n, "acc_ci95": wilson_ci(k, n), "acc_norm": norm}
-    if len(results) > 1:
-        rs = list(results.values())
-        norm = None if any(r["acc_norm"] is None for r in rs) else sum(r["acc_norm"] for r in rs) / len(rs)
-        rows[f"mean of {len(rs)} tasks"] = {"n": sum(r["n"] for r in rs), "acc": sum(r["acc"] for r in rs) / len(rs),
-                                            "acc_ci95": None, "acc_norm": norm}
+    medical_mmlu = [r for b, r in results.items() if b in qa_data.GROUPS["mmlu"]]
+    if len(medical_mmlu) > 1:
+        rows["mmlu_medical (pooled)"] = pooled(medical_mmlu)
+    mmlu = {b: r for b, r in results.items() if b.startswith("mmlu_")}
+    general = len(mmlu) > len(medical_mmlu)
+    medical = [r for b, r in results.items() if b in qa_data.BENCHMARKS]
+    if len(medical) > 1 and (not general or len(medical) == len(qa_data.BENCHMARKS)):
+        rows[f"mean of {len(medical)} tasks"] = macro(medical)
+    if general:
+        for cat in qa_data.MMLU_CATEGORIES:
+            rs = [r for b, r in mmlu.items() if qa_data.mmlu_category(b) == cat]
+            if rs:
+                rows[f"mmlu_{cat} (pooled)"] = pooled(rs)
+        rows[f"mmlu, {len(mmlu)} subjects (pooled)"] = pooled(list(mmlu.values()))
+        rows[f"mmlu, {len(mmlu)} subjects (macro)"] = macro(list(mmlu.values()))
     return rows
+
+
+def ppl_lines(results, markdown=False):
+    """The perplexity table (one row per perplexity bench), as console text or markdown."""
+    head = ("task", "documents", "tokens", "word_perplexity", "byte_perplexity", "bits_per_byte", "max_length")
+    lines = [(b, str(r["n"]), str(r["tokens"]), f"{r['word_perplexity']:.4f}", f"{r['byte_perplexity']:.4f}",
+              f"{r['bits_per_byte']:.4f}", str(r["max_length"])) for b, r in results.items()]
+    if not lines:
+        return []
+    if markdown:
+        return ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + [
+            "| " + " | ".join(l) + " |" for l in lines]
+    w = [max(len(x) for x in col) for col in zip(head, *lines)]
+    return [""] + [" ".join(x.ljust(w[0]) if j == 0 else x.rjust(w[j]) for j, x in enumerate(row))
+                   for row in [head] + lines]
 
 
 def table_lines(results, summary, markdown=False):
     """The results table, as console text or a markdown table."""
     head = ("task", "n", "acc", "95% CI", "acc_norm", "no_answer", "q/s")
+    if not results:
+        return []
     lines = []
     for name, r in list(results.items()) + list(summary.items()):
         ci = f"[{r['acc_ci95'][0]:.3f}, {r['acc_ci95'][1]:.3f}]" if r.get("acc_ci95") else "-"
@@ -337,37 +465,40 @@ def write_atomic(path, text):
     os.replace(path + ".tmp", path)  # a crash never leaves a half-written file under the final name
 
 
-def write_results(c, results, summary, predictions):
+def write_results(c, results, summary, ppl, predictions):
     os.makedirs(c.out, exist_ok=True)
     write_atomic(os.path.join(c.out, "predictions.jsonl"), "".join(json.dumps(r) + "\n" for r in predictions))
-    write_atomic(os.path.join(c.out, "results.json"),
-                 json.dumps({"results": results, "summary": summary, "config": vars(c)}, indent=2))
+    write_atomic(os.path.join(c.out, "results.json"), json.dumps(
+        {"results": results, "summary": summary, "perplexity": ppl, "config": vars(c)}, indent=2))
     notes = (f"\nModel: `{c.init_from}`" + (f" + LoRA `{c.lora}`" if c.lora else "") + f"; {c.method}, {c.shots}-shot, "
-             f"{c.dtype}. 95% CI: Wilson score interval of acc. mmlu_medical (pooled): the six subjects as one task "
-             "(micro average). mean: the unweighted mean of the tasks' accuracies (macro).\n")
-    write_atomic(os.path.join(c.out, "results.md"), "\n".join(table_lines(results, summary, markdown=True)) + "\n" + notes)
+             f"{c.dtype}. 95% CI: Wilson score interval of acc. (pooled): the subjects as one task (micro average, "
+             "the harness' group accuracy). mean, (macro): the unweighted mean of the tasks' accuracies. Perplexity: "
+             "lm-evaluation-harness' rolling log-likelihood, words and UTF-8 bytes of the documents.\n")
+    lines = table_lines(results, summary, markdown=True) + ppl_lines(ppl, markdown=True)
+    write_atomic(os.path.join(c.out, "results.md"), "\n".join(lines) + "\n" + notes)
 
 
 def main(argv=None):
     from types import SimpleNamespace
     c = SimpleNamespace(**configure(dict(globals()), argv))  # a copy: the defaults stay untouched
-    benches = qa_data.expand_benches(c.bench)
-    if not benches:
-        raise SystemExit("--bench is empty: name one or several benchmarks, 'mmlu' or 'all'")
+    benches = parse_benches(c.bench)
     require(c.init_from, "init_from", MODEL_PATHS)
     require(c.tokenizer or c.init_from, "tokenizer", TOKENIZER_PATHS)
     paths = {b: resolve_data(c, b, len(benches) == 1) for b in benches}
     model = load_for_eval(c)
     tok = Tokenizer(c.tokenizer or c.init_from)
-    results, predictions = {}, []
+    results, ppl, predictions = {}, {}, []
     for b in benches:
-        results[b], rows = evaluate_bench(model, tok, c, b, paths[b])
+        if b in PPL_BENCHES:
+            ppl[b], rows = evaluate_ppl(model, tok, c, b, paths[b])
+        else:
+            results[b], rows = evaluate_bench(model, tok, c, b, paths[b])
         predictions += rows
     summary = summarize(results)
-    write_results(c, results, summary, predictions)
-    print("\n".join(table_lines(results, summary)))
+    write_results(c, results, summary, ppl, predictions)
+    print("\n".join(table_lines(results, summary) + ppl_lines(ppl)))
     print(f"wrote {os.path.join(c.out, 'results.md')}, results.json and predictions.jsonl", file=sys.stderr)
-    return results
+    return {**results, **ppl}
 
 
 if __name__ == "__main__":

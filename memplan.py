@@ -52,10 +52,12 @@ def memory_plan(args, world, micro, seq, grad_accum, activation_checkpointing=Tr
                 trainable=None, trainable_tensors=None):
     """Peak bytes PyTorch allocates per GPU in one train.py step (bf16 FSDP2 over `world` GPUs, fp32 master weights
     and AdamW states, micro-batch micro x seq), term by term: -> (terms, peak). Each term is (what, bytes, when):
-    'always' (held through the step), 'loss' (only while the chunked loss runs), 'backward' (only in backward) or
-    'optimizer' (only once the backward is done); peak = always + max(loss, backward). Eager kernels; compiled blocks save less. trainable: the parameters that
-    get gradients and AdamW states, added beside a frozen model (LoRA's adapters), in trainable_tensors tensors;
-    default: all, none added."""
+    'always' (held through the blocks' forward and backward), 'loss' (only while the chunked loss runs), 'backward'
+    (only in a block's backward), 'root' (the backward's last act, the root's reduce-scatter, when the blocks'
+    checkpoints and gathered parameters are gone: it adds to the step's state alone) or 'optimizer' (only once the
+    backward is done). peak = max(always + max(loss, backward), state + root), the state being the master weights,
+    AdamW and the gradients. Eager kernels; compiled blocks save less. trainable: the parameters that get gradients
+    and AdamW states, added beside a frozen model (LoRA's adapters), in trainable_tensors tensors; default: all."""
     from kernels import LinearCrossEntropy  # torch: imported when planning, not by bench.py's other commands
     n, block, root = param_counts(args)
     n_train = n if trainable is None else trainable
@@ -81,9 +83,13 @@ def memory_plan(args, world, micro, seq, grad_accum, activation_checkpointing=Tr
         ("one block recomputed for its backward", per_token * tokens if ac else 0, "backward"),
         ("backward temporaries: activation gradients, a block's bf16 + fp32 weight gradients",
          (4 * d + 6 * i) * tokens + 6 * (block if not frozen else n_train / args.n_layers), "backward"),
+        # Llama-3's 128k head and embeddings: 5.9 GiB here, which sets the backward's peak (the dry run)
+        ("the root's gradients at its reduce-scatter: bf16 + their fp32 copy, 6 B/param", 0 if frozen else 6 * root,
+         "root"),
     ]
-    total = {w: sum(b for _, b, when in terms if when == w) for w in ("always", "loss", "backward")}
-    return terms, total["always"] + max(total["loss"], total["backward"])
+    total = {w: sum(b for _, b, when in terms if when == w) for w in ("always", "loss", "backward", "root")}
+    state = 4 * (n + n_train if frozen else n) / world + 8 * n_train / world + 4 * tensors + 4 * n_train / world
+    return terms, max(total["always"] + max(total["loss"], total["backward"]), state + total["root"])
 
 
 def largest_micro_batch(args, world, seq, grad_accum, card_gib, overhead_gib=OVERHEAD_GIB, defer_grad_sync=False):

@@ -1,6 +1,7 @@
 """
-The medical QA benchmarks, in their official raw formats, and their prompts: PMC-LLaMA's three (PubMedQA, MedMCQA,
-MedQA-USMLE) and the six medical subjects of MMLU, the nine tasks the field reports.
+The QA benchmarks, in their official raw formats, and their prompts: PMC-LLaMA's three (PubMedQA, MedMCQA,
+MedQA-USMLE) and the six medical subjects of MMLU, the nine medical tasks the field reports; and MMLU's 57 subjects
+in lm-evaluation-harness' four categories, the general knowledge that continued pre-training may cost.
 
 Fine-tuning (finetune_qa.py) and evaluation (eval_qa.py) both read examples through this module, so a model is
 trained on exactly the strings it is scored on. Prompts are lm-evaluation-harness's templates, so zero-shot numbers
@@ -34,8 +35,30 @@ from dataclasses import dataclass, field
 
 MMLU_SUBJECTS = ("anatomy", "clinical_knowledge", "college_biology", "college_medicine", "medical_genetics",
                  "professional_medicine")  # the medical subjects of MultiMedQA and the Open Medical-LLM Leaderboard
-BENCHMARKS = ("pubmedqa", "medmcqa", "usmle") + tuple(f"mmlu_{s}" for s in MMLU_SUBJECTS)
-GROUPS = {"all": BENCHMARKS, "mmlu": BENCHMARKS[3:]}  # names that stand for several benchmarks
+MMLU_CATEGORIES = {  # lm-evaluation-harness' groups mmlu_stem, mmlu_humanities, ... (Hendrycks et al.'s categories)
+    "stem": ("abstract_algebra", "anatomy", "astronomy", "college_biology", "college_chemistry",
+             "college_computer_science", "college_mathematics", "college_physics", "computer_security",
+             "conceptual_physics", "electrical_engineering", "elementary_mathematics", "high_school_biology",
+             "high_school_chemistry", "high_school_computer_science", "high_school_mathematics", "high_school_physics",
+             "high_school_statistics", "machine_learning"),
+    "humanities": ("formal_logic", "high_school_european_history", "high_school_us_history",
+                   "high_school_world_history", "international_law", "jurisprudence", "logical_fallacies",
+                   "moral_disputes", "moral_scenarios", "philosophy", "prehistory", "professional_law",
+                   "world_religions"),
+    "social_sciences": ("econometrics", "high_school_geography", "high_school_government_and_politics",
+                        "high_school_macroeconomics", "high_school_microeconomics", "high_school_psychology",
+                        "human_sexuality", "professional_psychology", "public_relations", "security_studies",
+                        "sociology", "us_foreign_policy"),
+    "other": ("business_ethics", "clinical_knowledge", "college_medicine", "global_facts", "human_aging",
+              "management", "marketing", "medical_genetics", "miscellaneous", "nutrition", "professional_accounting",
+              "professional_medicine", "virology"),
+}
+MMLU_ALL = tuple(sorted(s for subjects in MMLU_CATEGORIES.values() for s in subjects))  # the 57
+BENCHMARKS = ("pubmedqa", "medmcqa", "usmle") + tuple(f"mmlu_{s}" for s in MMLU_SUBJECTS)  # the nine medical tasks
+TASKS = BENCHMARKS + tuple(f"mmlu_{s}" for s in MMLU_ALL if s not in MMLU_SUBJECTS)  # every task this module reads
+GROUPS = {"all": BENCHMARKS, "mmlu": BENCHMARKS[3:],  # names that stand for several tasks
+          "mmlu_all": tuple(f"mmlu_{s}" for s in MMLU_ALL)} | {
+    f"mmlu_{cat}": tuple(f"mmlu_{s}" for s in subjects) for cat, subjects in MMLU_CATEGORIES.items()}
 PUBMEDQA_LABELS = ("yes", "no", "maybe")
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -63,13 +86,21 @@ def _err(path, where, field_, msg):
 
 
 def check_bench(bench):
-    if bench not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {bench!r}; known: {', '.join(BENCHMARKS)}, or {' / '.join(GROUPS)}")
+    if bench not in TASKS:
+        raise ValueError(f"unknown benchmark {bench!r}; known: pubmedqa, medmcqa, usmle, mmlu_<subject> (the 57: "
+                         f"{', '.join(MMLU_ALL)}), or the groups {', '.join(GROUPS)}")
     return bench
 
 
+def mmlu_category(bench):
+    """'mmlu_anatomy' -> 'stem' (lm-evaluation-harness' group); None for other tasks."""
+    subject = bench.removeprefix("mmlu_")
+    return next((cat for cat, subjects in MMLU_CATEGORIES.items() if subject in subjects), None)
+
+
 def expand_benches(spec):
-    """'pubmedqa,mmlu' -> the benchmark names it stands for, in order, each once ('all': the nine)."""
+    """'pubmedqa,mmlu' -> the task names it stands for, in order, each once ('all': the nine medical tasks,
+    'mmlu': MMLU's six medical subjects, 'mmlu_all': its 57, 'mmlu_stem' etc.: one category)."""
     names = []
     for b in (s.strip() for s in spec.split(",")):
         group = GROUPS[b] if b in GROUPS else [check_bench(b)] if b else []

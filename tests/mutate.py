@@ -2,7 +2,7 @@
 Mutation testing, on demand (not part of CI): plant one small deliberate bug at a time in a copy of the repository,
 run the tests named for it, and report whether they caught it ("killed") or still pass ("survived").
 
-    python tests/mutate.py                            # every mutant (see the README for the last run's figures)
+    python tests/mutate.py                            # every mutant (docs/testing.md has the last run's figures)
     python tests/mutate.py eval_argmin lora_no_scale  # some, by name
     python tests/mutate.py --list
 

@@ -286,7 +286,8 @@ def test_the_whole_suite_in_one_command(hf_dir, tmp_path, capsys):
 
 
 def test_missing_subject_file_names_path_and_source(tmp_path, hf_dir):
-    with pytest.raises(SystemExit, match=r"mmlu_anatomy: no data file .*mmlu_medical/anatomy_test.csv .*hendrycks"):
+    with pytest.raises(SystemExit, match=r"mmlu_anatomy: no data file .*mmlu/anatomy_test.csv .*MMLU's data/test/"
+                                         r"anatomy_test.csv.*python download.py --benchmarks --data_root="):
         eval_qa.main(["--bench=mmlu", f"--data_root={tmp_path}", f"--init_from={hf_dir}", f"--out={tmp_path / 'o'}"])
 
 

@@ -77,7 +77,15 @@ def test_memory_plan_of_configs_pmc_by_hand():
         # deferred: the last backward turns the accumulator into shards block by block, never both whole
         assert t["fp32 gradients"] == (3_369_207_808, "optimizer" if defer else "always")
         held = 12 * n / 8 + 4 * 291 + (4 * n if defer else 4 * n / 8)  # weights, AdamW, accumulator or shards
-        assert peak == held + gathered + checkpoints + max(loss, backward)
+        assert t["the root's gradients at its reduce-scatter"] == (6 * root, "root")  # bf16 + fp32, 1.46 GiB
+        assert peak == held + gathered + checkpoints + max(loss, backward)  # above the root's moment (14.0 GiB)
+    # Llama-3-8B: the 128k head and embeddings' gradients at the root's reduce-scatter set the backward's peak
+    l3 = preset("llama3-8b")
+    n3, _, root3 = param_counts(l3)
+    bw3 = 12 * n3 / 8 + 4 * 291 + 4 * n3 / 8 + 6 * root3  # the state (weights, AdamW, shards) + 6 B x 1.05B params
+    terms, peak = memory_plan(l3, 8, 4, 512, 4)
+    loss_phase = sum(b for _, b, w in terms if w in ("always", "loss"))
+    assert peak == max(loss_phase, bw3) and 20.8 < bw3 / GiB < 20.9  # the dry run measured 20.84 GiB there
     assert 15.8 < memory_plan(args, 8, 4, 512, 4)[1] / GiB < 16.0  # configs/pmc.py as shipped: fits a 40 GB card
     assert 37.8 < memory_plan(args, 8, 4, 512, 4, defer_grad_sync=True)[1] / GiB < 38.0  # deferred: 40 GB does not
     for defer in (False, True):  # one micro-step: the modes are the same

@@ -29,7 +29,7 @@ SCHEDULE = "--lr_decay_iters=12"  # every run below shares the reference's 12-st
 
 
 def launch_two_nodes(out_dir, corpus, *extra):
-    """train.py as one job of 2 nodes x 1 process: the README's `torchrun --nnodes=2 --rdzv-backend=c10d
+    """train.py as one job of 2 nodes x 1 process: docs/training.md's `torchrun --nnodes=2 --rdzv-backend=c10d
     --rdzv-endpoint=HOST:PORT` started twice, as srun starts it once per node."""
     port = free_port()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", "--rdzv-backend=c10d",

@@ -232,3 +232,11 @@ def test_few_shot_layout_states_the_description_once():
     q = qa_data.QAExample("q", "D\n\nQ\nAnswer:", [" A", " B"], 0, description="D\n\n")
     assert qa_data.render(q, shots) == "D\n\nQ0\nAnswer: A\n\nQ1\nAnswer: B\n\nQ\nAnswer:"
     assert qa_data.render(q) == q.prompt
+
+
+def test_mmlu_all_57_subjects_load_with_the_published_counts():
+    """MMLU's test split: 14,042 questions; the harness' categories hold 3,153 (STEM), 4,705 (humanities), 3,077
+    (social sciences) and 3,107 (other) of them (lm-evaluation-harness' mmlu group sizes)."""
+    sizes = {cat: sum(len(qa_data.load(f"mmlu_{s}", data_path("mmlu", f"{s}_test.csv"))) for s in subjects)
+             for cat, subjects in qa_data.MMLU_CATEGORIES.items()}
+    assert sizes == {"stem": 3153, "humanities": 4705, "social_sciences": 3077, "other": 3107}

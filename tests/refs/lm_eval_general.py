@@ -1,0 +1,98 @@
+"""
+Outside CI: lm-evaluation-harness itself on general-domain tasks, from the local files: all 57 MMLU subjects (its
+`mmlu` group) and `wikitext` (WikiText-2 raw test, one document per article, rolling log-likelihood). Same venv and
+fp32 HF folder as lm_eval_tasks.py (see its docstring for how both are made):
+
+    /work/refs/lmeval-venv/bin/python tests/refs/lm_eval_general.py --data_root=../shared/data --out=/work/refs/tasks_general
+    export HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+    /work/refs/lmeval-venv/bin/lm_eval run --model hf --model_args pretrained=/work/refs/smollm2_hf,dtype=float32,max_length=2048 \
+        --device cpu --batch_size 1 --num_fewshot 0 --include_path /work/refs/tasks_general --tasks wikitext \
+        --log_samples --output_path /work/refs/harness_general/wikitext
+    /work/refs/lmeval-venv/bin/lm_eval run --model hf --model_args pretrained=/work/refs/smollm2_hf,dtype=float32 \
+        --device cpu --batch_size 16 --num_fewshot 0 --include_path /work/refs/tasks_general --tasks mmlu \
+        --log_samples --output_path /work/refs/harness_general/mmlu
+
+Each YAML keeps the harness' task name and `include:`s its own YAML, so `--include_path` replaces the built-in task of
+that name (and the mmlu_*_tasks tags, so the `mmlu` group and its four subgroups resolve to these 57 tasks). Template,
+metrics, wikitext's detokenizer and rolling windows are untouched; only the data source changes: a local JSON Lines
+file in the hub dataset's field layout, row order kept. MMLU rows come from the original release CSVs (../mmlu, the
+same converter as lm_eval_tasks.mmlu); wikitext reads ../general/wikitext2_test_raw/wikitext-test-pages.jsonl as it
+is (field `page`, 62 pages; see that folder's PROVENANCE.md section 5). Splits that are not local are unset (the
+harness builds them eagerly). Standard library only, run by the harness venv's Python.
+"""
+import argparse
+import csv
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from lm_eval_tasks import harness_yaml, write  # noqa: E402
+
+WIKITEXT_PAGES = os.path.join("general", "wikitext2_test_raw", "wikitext-test-pages.jsonl")
+
+
+def mmlu_subjects(src):
+    """The 57 subjects: the local CSVs, which must match the harness' own mmlu_<subject> YAMLs one for one."""
+    ours = sorted(f[: -len("_test.csv")] for f in os.listdir(os.path.join(src, "mmlu")) if f.endswith("_test.csv"))
+    theirs = os.listdir(os.path.dirname(harness_yaml("mmlu_anatomy")))
+    theirs = sorted(f[len("mmlu_"): -len(".yaml")] for f in theirs if f.startswith("mmlu_") and f.endswith(".yaml"))
+    assert ours == theirs and len(ours) == 57, (set(ours) ^ set(theirs), len(ours))
+    return ours
+
+
+def mmlu(src, subject):
+    """cais/mmlu, config <subject> (test): as lm_eval_tasks.mmlu, from the all-subject folder ../mmlu."""
+    rows = []
+    with open(os.path.join(src, "mmlu", f"{subject}_test.csv"), newline="") as f:
+        for n, rec in enumerate(csv.reader(f), 1):
+            assert len(rec) == 6 and rec[5] in ("A", "B", "C", "D"), (subject, n)
+            rows.append({"question": rec[0], "subject": subject, "choices": rec[1:5], "answer": "ABCD".index(rec[5])})
+    return "test", rows
+
+
+def wikitext_pages(src):
+    """EleutherAI/wikitext_document_level, wikitext-2-raw-v1 (test): one {"page": text} per article, used as is."""
+    path = os.path.abspath(os.path.join(src, WIKITEXT_PAGES))
+    rows = [json.loads(line) for line in open(path, encoding="utf-8")]
+    assert all(list(r) == ["page"] and r["page"] for r in rows), path
+    return path, rows
+
+
+def own_yaml(task):
+    """The harness' own YAML of a task (lm_eval_tasks.harness_yaml, plus wikitext)."""
+    if task == "wikitext":
+        return os.path.normpath(os.path.join(os.path.dirname(harness_yaml("mmlu_anatomy")), "..", "..", "wikitext",
+                                             "wikitext.yaml"))
+    return harness_yaml(task)
+
+
+def task_yaml(task, split, data, unset):
+    return (f"# lm_eval's own task, read from local files: only the data source changes\n"
+            f"include: {own_yaml(task)}\ndataset_path: json\ndataset_name: null\n"
+            f"dataset_kwargs:\n  data_files:\n    {split}: {data}\n{unset}")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data_root", required=True)
+    p.add_argument("--out", required=True)
+    a = p.parse_args()
+    os.makedirs(os.path.join(a.out, "data"), exist_ok=True)
+    n = 0
+    for s in mmlu_subjects(a.data_root):
+        task = f"mmlu_{s}"
+        split, rows = mmlu(a.data_root, s)
+        data = os.path.abspath(os.path.join(a.out, "data", f"{task}_{split}.jsonl"))
+        write(data, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        write(os.path.join(a.out, f"{task}.yaml"), task_yaml(task, split, data, "fewshot_split: null\n"))
+        n += len(rows)
+    print(f"mmlu: 57 subjects, {n} documents -> {a.out}")
+    data, rows = wikitext_pages(a.data_root)
+    write(os.path.join(a.out, "wikitext.yaml"),
+          task_yaml("wikitext", "test", data, "training_split: null\nvalidation_split: null\n"))
+    print(f"wikitext: {len(rows)} pages -> {data}")
+
+
+if __name__ == "__main__":
+    main()
