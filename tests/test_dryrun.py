@@ -107,3 +107,16 @@ def test_real_step_unchanged():
                 assert (float(loss).hex(), float(norm).hex()) == want and math.isfinite(loss)
     finally:
         dist.destroy_process_group()
+
+
+def test_verdict_line_per_card():
+    """LLaMA-7B with a deferred gradient sync plans 37.9 GiB (+3 GiB allowance): not a 40 GB card, an 80 GB one."""
+    from dryrun import verdict
+    from memplan import GiB, memory_plan
+    from model import preset
+    peak = memory_plan(preset("llama-7b"), 8, 4, 512, 4, defer_grad_sync=True)[1]
+    line = verdict(peak)
+    need = peak / GiB + 3
+    assert line == (f"does not fit on a 40 GB card: needs {need:.1f} GiB per GPU | fits on an 80 GB card: yes, "
+                    f"{80 - need:.1f} GiB headroom")
+    assert verdict(10 * GiB).startswith("fits on a 40 GB card: yes, 27.0 GiB headroom")
