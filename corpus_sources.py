@@ -97,14 +97,13 @@ def read_file(path):
 # -----------------------------------------------------------------------------
 # formats parsed here, in this process
 
-def read_jsonl(path, skips, opts=Options()):
-    for fp in input_files(path, "*.jsonl*"):
-        for n, obj in read_json_lines(fp, skips):
-            text = obj.get(opts.text_field)
-            if not isinstance(text, str):
-                skips.add("no_text", f"{fp}:{n}", f"no string field {opts.text_field!r}")
-                continue
-            yield doc(str(obj.get("id", f"{fp}:{n}")), text, f"{fp}:{n}")
+def read_jsonl(fp, skips, opts=Options()):
+    for n, obj in read_json_lines(fp, skips):
+        text = obj.get(opts.text_field)
+        if not isinstance(text, str):
+            skips.add("no_text", f"{fp}:{n}", f"no string field {opts.text_field!r}")
+            continue
+        yield doc(str(obj.get("id", f"{fp}:{n}")), text, f"{fp}:{n}")
 
 
 def split_paragraphs(text, doc_chars):
@@ -122,21 +121,20 @@ def split_paragraphs(text, doc_chars):
     return docs
 
 
-def read_text(path, skips, opts=Options()):
-    for fp in input_files(path, "*.txt"):
-        with open(fp, "rb") as f:
-            raw = f.read()
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            skips.add("invalid_utf8", fp, str(e))
-            continue
-        stem = os.path.splitext(os.path.basename(fp))[0]
-        if opts.doc_chars <= 0:
-            yield doc(stem, text.strip(), fp)
-            continue
-        for i, piece in enumerate(split_paragraphs(text.strip(), opts.doc_chars)):
-            yield doc(f"{stem}#{i}", piece.strip(), f"{fp}#{i}")
+def read_text(fp, skips, opts=Options()):
+    with open(fp, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        skips.add("invalid_utf8", fp, str(e))
+        return
+    stem = os.path.splitext(os.path.basename(fp))[0]
+    if opts.doc_chars <= 0:
+        yield doc(stem, text.strip(), fp)
+        return
+    for i, piece in enumerate(split_paragraphs(text.strip(), opts.doc_chars)):
+        yield doc(f"{stem}#{i}", piece.strip(), f"{fp}#{i}")
 
 
 PUBTATOR_LINE = re.compile(r"^(\d+)\|([ta])\|(.*)$")
@@ -233,25 +231,25 @@ def s2orc_text(meta, parse):
     return "\n\n".join(s.strip() for s in parts if s and s.strip())
 
 
-def read_s2orc_release(path, skips, opts=Options()):
-    """The S2ORC 2020 release: each metadata shard joined with its pdf_parses shard by paper_id."""
-    for meta_fp, parse_fp in s2orc_shards(path):
-        keep = {}  # this shard's kept metadata only: memory is per shard, not per corpus
-        for n, m in read_json_lines(meta_fp, skips):
-            if "paper_id" not in m:
-                skips.add("no_paper_id", f"{meta_fp}:{n}")
-            elif opts.filters.require_pmc_id and not m.get("pmc_id"):
-                skips.add("no_pmc_id", f"{meta_fp}:{n}")
-            else:
-                keep[str(m["paper_id"])] = (m, n)
-        for n, p in read_json_lines(parse_fp, skips):
-            pid = str(p.get("paper_id"))
-            if pid not in keep:
-                continue  # filtered out above (counted there) or a parse without metadata
-            m, _ = keep.pop(pid)
-            yield doc(cf.pmc_id(m.get("pmc_id")) or pid, s2orc_text(m, p), f"{parse_fp}:{n}")
-        for pid, (m, n) in keep.items():
-            skips.add("no_pdf_parse", f"{meta_fp}:{n}", pid)
+def read_s2orc_release(pair, skips, opts=Options()):
+    """One shard of the S2ORC 2020 release: its metadata file joined with its pdf_parses file by paper_id."""
+    meta_fp, parse_fp = pair
+    keep = {}  # this shard's kept metadata only: memory is per shard, not per corpus
+    for n, m in read_json_lines(meta_fp, skips):
+        if "paper_id" not in m:
+            skips.add("no_paper_id", f"{meta_fp}:{n}")
+        elif opts.filters.require_pmc_id and not m.get("pmc_id"):
+            skips.add("no_pmc_id", f"{meta_fp}:{n}")
+        else:
+            keep[str(m["paper_id"])] = (m, n)
+    for n, p in read_json_lines(parse_fp, skips):
+        pid = str(p.get("paper_id"))
+        if pid not in keep:
+            continue  # filtered out above (counted there) or a parse without metadata
+        m, _ = keep.pop(pid)
+        yield doc(cf.pmc_id(m.get("pmc_id")) or pid, s2orc_text(m, p), f"{parse_fp}:{n}")
+    for pid, (m, n) in keep.items():
+        skips.add("no_pdf_parse", f"{meta_fp}:{n}", pid)
 
 
 # -----------------------------------------------------------------------------
@@ -260,27 +258,31 @@ def read_s2orc_release(path, skips, opts=Options()):
 NO_PMC = b'"pubmedcentral":null'  # the API's own serialisation; any other spelling is filtered by the workers
 
 
-def read_s2orc_api(path, skips, opts=Options()):
-    """The Semantic Scholar Datasets API's s2orc shards: one JSON line per paper."""
+def read_s2orc_api(fp, skips, opts=Options()):
+    """One of the Semantic Scholar Datasets API's s2orc shards: one JSON line per paper."""
+    for n, raw in read_raw_lines(fp, skips):
+        if not raw.strip():
+            continue
+        if opts.filters.require_pmc_id and NO_PMC in raw:  # most records are not PMC papers: not worth a parse
+            skips.add("no_pmc_id", f"{fp}:{n}")
+            continue
+        yield "s2orc", raw, f"{fp}:{n}"
+
+
+def s2orc_files(path):
+    """S2ORC in either schema, told apart by the input's layout: the 2020 release's (metadata, pdf_parses) shard
+    pairs when it has a metadata/ folder, else the Datasets API's shard files."""
+    if glob.glob(os.path.join(path, "metadata", "metadata_*.jsonl*")):
+        return s2orc_shards(path)
     files = tree_files(path, (".jsonl", ".gz"))
     if not files:
         raise SystemExit(f"{path}: no S2ORC shards: neither metadata/metadata_N.jsonl[.gz] (the 2020 release) nor "
                          f"*.jsonl[.gz] files (the Datasets API's s2orc shards)")
-    for fp in files:
-        for n, raw in read_raw_lines(fp, skips):
-            if not raw.strip():
-                continue
-            if opts.filters.require_pmc_id and NO_PMC in raw:  # most records are not PMC papers: not worth a parse
-                skips.add("no_pmc_id", f"{fp}:{n}")
-                continue
-            yield "s2orc", raw, f"{fp}:{n}"
+    return files
 
 
-def read_s2orc(path, skips, opts=Options()):
-    """S2ORC in either schema, told apart by the input's layout (a metadata/ folder: the 2020 release)."""
-    if glob.glob(os.path.join(path, "metadata", "metadata_*.jsonl*")):
-        return read_s2orc_release(path, skips, opts)
-    return read_s2orc_api(path, skips, opts)
+def read_s2orc(unit, skips, opts=Options()):
+    return (read_s2orc_release if isinstance(unit, tuple) else read_s2orc_api)(unit, skips, opts)
 
 
 TAR_EXT = (".tar.gz", ".tgz", ".tar")
@@ -313,31 +315,31 @@ def read_tar(path, skips):
         skips.add(reason, where, f"{type(e).__name__}: {e}")
 
 
-def read_pmc_xml(path, skips, opts=Options()):
-    for fp in tree_files(path, XML_EXT + TAR_EXT):
-        if fp.lower().endswith(TAR_EXT):
-            yield from read_tar(fp, skips)
-        else:
-            yield "pmc_xml", fp, fp
+def read_pmc_xml(fp, skips, opts=Options()):
+    if fp.lower().endswith(TAR_EXT):
+        yield from read_tar(fp, skips)
+    else:
+        yield "pmc_xml", fp, fp
 
 
-def read_bioc(path, skips, opts=Options()):
-    for fp in tree_files(path, (".json", ".json.gz", ".jsonl", ".jsonl.gz")):
-        yield "bioc", fp, fp
+def read_bioc(fp, skips, opts=Options()):
+    yield "bioc", fp, fp
 
 
 # -----------------------------------------------------------------------------
 # the table, and the two ends of the unit stream
 
-Source = namedtuple("Source", "read parse")  # parse: None where the reader yields documents itself
+# files(input) -> the input's files, in order: the units of work that --shard=K/N deals out (every N-th from the K-th);
+# read(file) streams one; parse: None where the reader yields documents itself
+Source = namedtuple("Source", "files read parse")
 SOURCES = {
-    "s2orc": Source(read_s2orc, cf.s2orc_api_events),  # the 2020 release is joined and parsed by the reader
-    "pmc_xml": Source(read_pmc_xml, cf.jats_events),
-    "bioc": Source(read_bioc, cf.bioc_events),
-    "jsonl": Source(read_jsonl, None),
-    "text": Source(read_text, None),
-    "pubtator": Source(read_pubtator, None),
-    "pubmedqa": Source(read_pubmedqa, None),
+    "s2orc": Source(s2orc_files, read_s2orc, cf.s2orc_api_events),  # the 2020 release: joined, parsed by the reader
+    "pmc_xml": Source(lambda p: tree_files(p, XML_EXT + TAR_EXT), read_pmc_xml, cf.jats_events),  # a package: 1 file
+    "bioc": Source(lambda p: tree_files(p, (".json", ".json.gz", ".jsonl", ".jsonl.gz")), read_bioc, cf.bioc_events),
+    "jsonl": Source(lambda p: input_files(p, "*.jsonl*"), read_jsonl, None),
+    "text": Source(lambda p: input_files(p, "*.txt"), read_text, None),
+    "pubtator": Source(lambda p: [p], read_pubtator, None),  # whole: a PMID seen in an earlier file is skipped
+    "pubmedqa": Source(lambda p: [p], read_pubmedqa, None),
 }
 
 
@@ -352,16 +354,23 @@ class QueuedSkips:
         self.queue.append(("skip", (reason, detail), where))
 
 
-def read_units(sources, inputs, opts):
-    """The units of every --input, in input order, the readers' skips among them where they occurred."""
+def read_units(sources, inputs, opts, shard=(0, 1)):
+    """The units of every --input, in input order, the readers' skips among them where they occurred; each file's
+    units after a ("file", (input number, file number), name) mark. shard=(k, n): only every n-th file of each input
+    from the k-th (prepare_corpus.py --shard=K/N: a merge puts the shards' files back in this order)."""
     skips = QueuedSkips()
-    for kind, path in zip(sources, inputs):
-        for unit in SOURCES[kind].read(path, skips, opts):
+    k, n = shard
+    for i, (kind, path) in enumerate(zip(sources, inputs)):
+        for j, fp in enumerate(SOURCES[kind].files(path)):
+            if j % n != k:
+                continue
+            yield "file", (i, j), str(fp)
+            for unit in SOURCES[kind].read(fp, skips, opts):
+                while skips.queue:
+                    yield skips.queue.popleft()
+                yield unit
             while skips.queue:
                 yield skips.queue.popleft()
-            yield unit
-        while skips.queue:
-            yield skips.queue.popleft()
 
 
 def parse_unit(kind, payload, where, filters):
@@ -370,6 +379,8 @@ def parse_unit(kind, payload, where, filters):
         return [("doc", *payload, where)]
     if kind == "skip":
         return [("skip", payload[0], where, payload[1])]
+    if kind == "file":
+        return [("file", payload, where)]
     if isinstance(payload, str):  # a loose file's path: read here, not in the main process
         try:
             payload = read_file(payload)

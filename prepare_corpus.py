@@ -41,11 +41,15 @@ tokenizes, with a bounded number of chunks in flight; results are written in inp
 stays flat however large the corpus and the output is byte-identical for any worker count.
 """
 import argparse
+import glob
 import hashlib
+import json
 import os
 import re
+import shutil
 import sys
 import time
+from array import array
 from collections import Counter, deque
 from itertools import chain
 from multiprocessing import get_context
@@ -55,7 +59,7 @@ from tqdm import tqdm
 
 import corpus_formats as cf
 import corpus_sources as cs
-from corpus_data import CorpusWriter, token_dtype
+from corpus_data import SPLITS, CorpusWriter, load_split, token_dtype
 from download import DOWNLOADS, download, sha256_file
 from tokenizer import Tokenizer
 
@@ -182,15 +186,40 @@ def with_ids(events, ids, lengths):
         yield ev
 
 
-def write_documents(chunks, writer, skips, tok, args):
+class ShardLog:
+    """What a merge needs of a shard (--shard=K/N): each input file's documents per split, in order, and each
+    document's PMC number (0: none), for the duplicate rule across shards."""
+
+    def __init__(self):
+        self.files, self.keys = [], {s: array("q") for s in SPLITS}
+
+    def file(self, input_and_file):
+        self.files.append([*input_and_file, 0, 0])  # input number, file number, train documents, val documents
+
+    def add(self, split, key):
+        self.files[-1][2 + SPLITS.index(split)] += 1
+        self.keys[split].append(int(key[3:]) if PMC_KEY.fullmatch(key) else 0)
+
+    def write(self, folder):
+        for s in SPLITS:
+            np.frombuffer(self.keys[s], dtype=np.int64).tofile(os.path.join(folder, f"{s}.keys"))
+        with open(os.path.join(folder, "files.json"), "w") as f:
+            json.dump(self.files, f)
+
+
+def write_documents(chunks, writer, skips, tok, args, log=None):
     """Every processed chunk's documents into the writer's splits; the too short and the PMC ids seen before are
-    counted in skips instead, like the records the readers and parsers skipped."""
+    counted in skips instead, like the records the readers and parsers skipped. log: a ShardLog to keep."""
     seen = SeenPMC()
     bar = tqdm(unit="doc", desc="parsing + tokenizing", dynamic_ncols=True, disable=args.quiet)
     for chunk in chunks:
         for ev in with_ids(*chunk):
             if ev[0] == "skip":
                 skips.add(*ev[1:])
+                continue
+            if ev[0] == "file":
+                if log is not None:
+                    log.file(ev[1])
                 continue
             _, key, where, ids = ev
             n = len(ids)
@@ -200,7 +229,10 @@ def write_documents(chunks, writer, skips, tok, args):
             elif not seen.add(key):  # after the check above: the first occurrence that is a document wins
                 skips.add("duplicate_pmc_id", where, key)
             else:
-                writer.add(split_of(key, args.seed, args.val_fraction), ids)
+                split = split_of(key, args.seed, args.val_fraction)
+                writer.add(split, ids)
+                if log is not None:
+                    log.add(split, key)
         bar.set_postfix(tokens=f"{sum(writer.tokens.values()):,}", refresh=False)
     bar.close()
 
@@ -258,23 +290,133 @@ def report(meta, skips, out_dir):
 def prepare(args):
     sources = check_args(args)
     tok = Tokenizer(args.tokenizer)  # a bad tokenizer fails here, before any work
-    writer = CorpusWriter(args.out_dir, token_dtype(tok.vocab_size))
-    skips, t0 = Skips(), time.time()
+    shard = parse_shard(args.shard)
+    out_dir = shard_dir(args.out_dir, *shard) if shard else args.out_dir
+    if shard and os.path.isfile(os.path.join(out_dir, "meta.json")):
+        print(f"shard {shard[0]}/{shard[1]} is done already ({out_dir}): nothing to do")
+        return json.load(open(os.path.join(out_dir, "meta.json")))
+    work_dir = out_dir + ".tmp" if shard else out_dir  # a shard is a whole folder, renamed when complete
+    if shard:
+        shutil.rmtree(work_dir, ignore_errors=True)  # what a killed run of this shard left: it starts over
+    writer = CorpusWriter(work_dir, token_dtype(tok.vocab_size))
+    skips, t0, log = Skips(), time.time(), ShardLog() if shard else None
     opts = source_options(args)
-    units = cs.read_units(sources, args.input, opts)
+    units = cs.read_units(sources, args.input, opts, shard or (0, 1))
     chunks = processed_chunks(units, tok.path, writer.dtype, args.workers, opts.filters)
-    write_documents(chunks, writer, skips, tok, args)
+    write_documents(chunks, writer, skips, tok, args, log)
     meta = corpus_meta(tok, writer, sources, args, skips, time.time() - t0)
+    if shard:
+        meta["shard"] = list(shard)
+        log.write(work_dir)
     writer.publish(meta)  # renamed only when everything is written
-    report(meta, skips, args.out_dir)
+    if shard:
+        os.replace(work_dir, out_dir)
+    report(meta, skips, out_dir)
+    return meta
+
+
+# -----------------------------------------------------------------------------
+# shards: --shard=K/N prepares every N-th input file from the K-th; --merge joins the N shards as one run over all
+
+def parse_shard(spec):
+    """'K/N' -> (K, N); '' -> SLURM's array task (relative to its first id) when in an array job, else None."""
+    if not spec and "SLURM_ARRAY_TASK_ID" in os.environ:
+        first = int(os.environ.get("SLURM_ARRAY_TASK_MIN", 0))
+        spec = f"{int(os.environ['SLURM_ARRAY_TASK_ID']) - first}/{os.environ['SLURM_ARRAY_TASK_COUNT']}"
+    if not spec:
+        return None
+    m = re.fullmatch(r"(\d+)/(\d+)", spec)
+    if not m or not int(m.group(1)) < int(m.group(2)):
+        raise SystemExit(f"--shard={spec}: expected K/N with 0 <= K < N")
+    return int(m.group(1)), int(m.group(2))
+
+
+def shard_dir(out_dir, k, n):
+    return os.path.join(out_dir, f"shard-{k:05d}-of-{n:05d}")
+
+
+SAME_IN_EVERY_SHARD = ("tokenizer_sha256", "dtype", "sources", "seed", "val_fraction", "min_tokens", "require_pmc_id",
+                       "skip_article_types", "vocab_size", "bos_id", "eos_id", "add_bos")
+
+
+def shard_metas(out_dir):
+    """The N complete shards of out_dir, checked to be one run's: -> [meta], in shard order."""
+    folders = sorted(f for f in glob.glob(os.path.join(out_dir, "shard-*-of-*")) if not f.endswith(".tmp"))
+    if not folders:
+        raise SystemExit(f"--merge: no shard-K-of-N folders in {out_dir} (prepare_corpus.py --shard=K/N writes them)")
+    metas = []
+    for f in folders:
+        if not os.path.isfile(os.path.join(f, "meta.json")):
+            raise SystemExit(f"--merge: {f} is not complete (no meta.json): rerun its --shard")
+        metas.append(json.load(open(os.path.join(f, "meta.json"))))
+    n = metas[0]["shard"][1]
+    for f, m in zip(folders, metas):
+        if m["shard"][1] != n:
+            raise SystemExit(f"--merge: {f} is one of {m['shard'][1]} shards, {folders[0]} one of {n}: one N per run")
+        bad = [k for k in SAME_IN_EVERY_SHARD if m[k] != metas[0][k]]
+        if bad:
+            raise SystemExit(f"--merge: {f} differs from {folders[0]} in {', '.join(bad)} (another tokenizer or "
+                             "other settings): prepare every shard with the same command")
+    missing = sorted(set(range(n)) - {m["shard"][0] for m in metas})
+    if missing:
+        raise SystemExit(f"--merge: shard(s) {', '.join(map(str, missing))} of {n} missing in {out_dir}: run them")
+    return metas
+
+
+def merged_documents(out_dir, n):
+    """Every shard's documents in one run's order -> (split, token ids, PMC number or 0), streamed: input files in
+    order (file j of an input is shard j % N's), each file's documents as its shard wrote them."""
+    shards = []
+    for k in range(n):
+        d = shard_dir(out_dir, k, n)
+        files = json.load(open(os.path.join(d, "files.json")))
+        splits = {s: (*load_split(d, s), np.fromfile(os.path.join(d, f"{s}.keys"), dtype=np.int64)) for s in SPLITS}
+        shards.append((files, splits))
+    order = sorted((f[0], f[1], k, f[2:]) for k, (files, _) in enumerate(shards) for f in files)
+    cursor = [dict.fromkeys(SPLITS, 0) for _ in range(n)]
+    for _, _, k, counts in order:
+        for s, count in zip(SPLITS, counts):
+            tokens, idx, keys = shards[k][1][s]
+            for c in range(cursor[k][s], cursor[k][s] + count):
+                yield s, tokens[idx[c]:idx[c + 1]], int(keys[c])
+            cursor[k][s] += count
+
+
+def merge(args):
+    """The N shards of out_dir as one corpus in out_dir, byte for byte what one run over all inputs writes: the
+    duplicate rule applied across shards (the first occurrence in input order kept), the skips of all summed."""
+    t0 = time.time()
+    metas = shard_metas(args.out_dir)
+    writer = CorpusWriter(args.out_dir, np.dtype(metas[0]["dtype"]).type)
+    seen, dups = SeenPMC(), 0
+    for split, ids, pmc in tqdm(merged_documents(args.out_dir, len(metas)), unit="doc", desc="merging",
+                                disable=args.quiet):
+        if pmc and not seen.add(f"PMC{pmc}"):
+            dups += 1  # a later copy of a paper that another shard's earlier file holds
+            continue
+        writer.add(split, ids)
+    skipped = Counter()
+    for m in metas:
+        skipped.update(m["skipped"])
+    skipped["duplicate_pmc_id"] += dups
+    meta = {**{k: metas[0][k] for k in SAME_IN_EVERY_SHARD}, "tokenizer": metas[0]["tokenizer"],
+            "splits": {s: {"documents": writer.documents[s], "tokens": writer.tokens[s]} for s in SPLITS},
+            "skipped": dict(sorted((k, v) for k, v in skipped.items() if v)),
+            "skipped_examples": {r: [e for m in metas for e in m["skipped_examples"].get(r, [])][:N_EXAMPLES]
+                                 for r in skipped if skipped[r]},
+            "merged_shards": len(metas), "merge_duplicates": dups, "elapsed_s": round(time.time() - t0, 2),
+            "shard_elapsed_s": [m["elapsed_s"] for m in metas]}
+    writer.publish(meta)
+    print(f"merged {len(metas)} shards: {writer.documents['train']:,} train + {writer.documents['val']:,} val "
+          f"documents, {sum(writer.tokens.values()):,} tokens, {dups:,} duplicates across shards -> {args.out_dir}")
     return meta
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--source", nargs="+", required=True, help=f"one of {', '.join(cs.SOURCES)} (or one per input)")
-    p.add_argument("--input", nargs="+", required=True, help="files or folders, per source")
-    p.add_argument("--tokenizer", required=True, help="tokenizer.model file or a folder holding one")
+    p.add_argument("--source", nargs="+", help=f"one of {', '.join(cs.SOURCES)} (or one per input)")
+    p.add_argument("--input", nargs="+", help="files or folders, per source")
+    p.add_argument("--tokenizer", help="tokenizer.model file or a folder holding one")
     p.add_argument("--out_dir", required=True)
     p.add_argument("--val_fraction", type=float, default=0.005)
     p.add_argument("--seed", type=int, default=1337)
@@ -291,12 +433,20 @@ def parse_args(argv=None):
                         f"default {','.join(cf.NOT_PAPERS)}")
     p.add_argument("--exclude_ids", help="pubmedqa: JSON file whose keys are ids to leave out (test_ground_truth.json)")
     p.add_argument("--download", help=f"first fetch a public set into the first --input folder: {', '.join(DOWNLOADS)}")
+    p.add_argument("--shard", default="", help="K/N: prepare every N-th input file from the K-th into "
+                   "out_dir/shard-K-of-N (default: SLURM's array task when in an array job)")
+    p.add_argument("--merge", action="store_true", help="join out_dir's N shards into out_dir (no inputs needed)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not args.merge and not (args.source and args.input and args.tokenizer):
+        p.error("--source, --input and --tokenizer are required (but for --merge)")
+    return args
 
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.merge:
+        return merge(args)
     if args.download:
         download(args.download, args.input[0])
     return prepare(args)

@@ -154,8 +154,8 @@ def test_workers_give_identical_bytes_and_val_split(tmp_path):
 
 
 def test_a_new_format_is_one_parser_and_one_entry(tmp_path, sp, monkeypatch):
-    """A toy tab-separated format (id, text): a reader streaming its lines, a parser, one SOURCES entry, nothing
-    else. workers=1: a monkeypatched table does not reach spawned workers (a real entry in the file does)."""
+    """A toy tab-separated format (id, text): its files (here the input itself), a reader streaming a file's lines,
+    a parser, one SOURCES entry, nothing else. workers=1: a monkeypatched table does not reach spawned workers (a real entry in the file does)."""
     def read_tsv(path, skips, opts):
         for n, raw in cs.read_raw_lines(path, skips):
             yield "tsv", raw, f"{path}:{n}"
@@ -164,7 +164,7 @@ def test_a_new_format_is_one_parser_and_one_entry(tmp_path, sp, monkeypatch):
         key, _, text = data.decode().rstrip("\n").partition("\t")
         yield ("doc", key, text, where) if text else ("skip", "no_text", where, key)
 
-    monkeypatch.setitem(cs.SOURCES, "tsv", cs.Source(read_tsv, parse_tsv))
+    monkeypatch.setitem(cs.SOURCES, "tsv", cs.Source(lambda p: [p], read_tsv, parse_tsv))
     (tmp_path / "d.tsv").write_text("a\tAspirin inhibits COX-1.\nb\t\nc\tMetformin lowers glucose.\n")
     meta, out = run(tmp_path, "tsv", [tmp_path / "d.tsv"])
     assert meta["skipped"] == {"no_text": 1} and meta["skipped_examples"]["no_text"] == [f"{tmp_path / 'd.tsv'}:2: b"]
@@ -277,3 +277,97 @@ def test_text_doc_chars_splits_one_file_corpora(tmp_path, sp):
     norm = lambda s: re.sub(r"\n\s*\n", "\n\n", s)
     assert norm("\n\n".join(docs)) == norm(text)  # cut only at blank lines, nothing lost
     assert max(len(d) for d in docs) < 8000 + 2000
+
+
+# --- shards: --shard=K/N, then --merge, equal to one run over all inputs ----------------------------------------------
+
+def shard_inputs(tmp_path):
+    """A bulk package and loose XML (the package repeats three loose papers: a PMC id in two files, so in two shards
+    for N > 1), BioC files, the Datasets API's S2ORC sample and a 2020-release S2ORC shard pair."""
+    xml = tmp_path / "xml"
+    shutil.copytree(data_path("pmc_oa_xml"), xml, ignore=shutil.ignore_patterns("*.md"))
+    import tarfile
+    with tarfile.open(xml / "zz_pkg.tar.gz", "w:gz") as t:
+        for name in ("PMC4919728.xml", "PMC5029658.xml", "pone.0000217.nxml"):
+            t.add(xml / name, arcname=name)
+    make_s2orc(tmp_path / "s2orc")
+    return "pmc_xml bioc s2orc s2orc", [xml, data_path("bioc", "pmc_bioc_api_json"),
+                                        data_path("s2orc_api", "s2orc-sample.jsonl"), tmp_path / "s2orc"]
+
+
+def same_corpus(a, b):
+    for f in ("train.bin", "train.idx", "val.bin", "val.idx"):
+        assert open(os.path.join(a, f), "rb").read() == open(os.path.join(b, f), "rb").read(), f
+
+
+def test_shards_merge_to_the_bytes_of_one_run(tmp_path):
+    source, inputs = shard_inputs(tmp_path)
+    single, one = run(tmp_path, source, inputs, name="single", val_fraction=0.3)
+    assert single["skipped"]["duplicate_pmc_id"] == 3 and single["splits"]["val"]["documents"] > 0
+    for n in (1, 2, 3):
+        for k in range(n):
+            run(tmp_path, source, inputs, name=f"n{n}", val_fraction=0.3, shard=f"{k}/{n}")
+        merged = pc.main(["--merge", "--out_dir", str(tmp_path / f"n{n}"), "--quiet"])
+        same_corpus(one, tmp_path / f"n{n}")
+        assert merged["skipped"] == single["skipped"] and merged["splits"] == single["splits"]
+        assert (merged["merge_duplicates"] > 0) == (n > 1)  # a paper in two shards: its later copy dropped at merge
+
+
+def test_finished_shard_is_a_no_op_and_a_killed_one_starts_over(tmp_path, capsys):
+    import signal
+    import subprocess
+    import sys
+    import time
+    craft = data_path("biomed_corpus", "craft_pmc_oa_fulltext", "txt")
+    single, one = run(tmp_path, "text", [craft], name="single", val_fraction=0.1)
+    out = tmp_path / "sharded"
+    argv = [sys.executable, "prepare_corpus.py", "--source", "text", "--input", craft, "--out_dir", str(out),
+            "--tokenizer", data_path("tokenizer", "llama_tokenizer.model"), "--val_fraction", "0.1", "--workers", "1",
+            "--quiet", "--shard", "0/2"]
+    p = subprocess.Popen(argv, cwd=os.path.dirname(os.path.dirname(__file__)))
+    tmp = out / "shard-00000-of-00002.tmp"
+    while not (tmp / "train.bin.tmp").exists() or os.path.getsize(tmp / "train.bin.tmp") == 0:
+        assert p.poll() is None, "the shard finished before it could be killed"
+        time.sleep(0.002)
+    p.send_signal(signal.SIGKILL)
+    assert p.wait() == -signal.SIGKILL
+    assert tmp.exists() and not (out / "shard-00000-of-00002").exists()  # nothing half-written under the real name
+    with pytest.raises(SystemExit, match="no shard-K-of-N folders"):  # a .tmp folder is no shard
+        pc.main(["--merge", "--out_dir", str(out), "--quiet"])
+    for k in (0, 1):
+        run(tmp_path, "text", [craft], name="sharded", val_fraction=0.1, shard=f"{k}/2")
+    assert not tmp.exists()
+    capsys.readouterr()
+    run(tmp_path, "text", [craft], name="sharded", val_fraction=0.1, shard="1/2")
+    assert "shard 1/2 is done already" in capsys.readouterr().out
+    pc.main(["--merge", "--out_dir", str(out), "--quiet"])
+    same_corpus(one, out)
+
+
+def test_merge_refuses_shards_of_another_run(tmp_path):
+    craft = data_path("biomed_corpus", "craft_pmc_oa_fulltext", "txt")
+    for k in (0, 1):
+        run(tmp_path, "text", [craft], name="c", shard=f"{k}/2")
+    run(tmp_path, "text", [craft], name="c", shard="0/3")
+    with pytest.raises(SystemExit) as e:
+        pc.main(["--merge", "--out_dir", str(tmp_path / "c"), "--quiet"])
+    assert "one of 3 shards" in str(e.value) and "\n" not in str(e.value)
+    shutil.rmtree(tmp_path / "c" / "shard-00000-of-00003")
+    meta_path = tmp_path / "c" / "shard-00001-of-00002" / "meta.json"
+    meta = json.load(open(meta_path))
+    json.dump({**meta, "tokenizer_sha256": "0" * 64}, open(meta_path, "w"))  # as if another tokenizer made it
+    with pytest.raises(SystemExit, match="differs from .* in tokenizer_sha256 \\(another tokenizer"):
+        pc.main(["--merge", "--out_dir", str(tmp_path / "c"), "--quiet"])
+    shutil.rmtree(tmp_path / "c" / "shard-00001-of-00002")
+    with pytest.raises(SystemExit, match="shard\\(s\\) 1 of 2 missing"):
+        pc.main(["--merge", "--out_dir", str(tmp_path / "c"), "--quiet"])
+
+
+def test_shard_from_slurm_array(monkeypatch):
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "5")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "1")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "8")
+    assert pc.parse_shard("") == (4, 8) and pc.parse_shard("2/3") == (2, 3)
+    for bad in ("3/3", "a/2", "1-2"):
+        with pytest.raises(SystemExit, match="expected K/N"):
+            pc.parse_shard(bad)
