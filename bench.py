@@ -3,6 +3,7 @@ Benchmarks: measure and print (never asserted; the tests check correctness).
 
     python bench.py --what=corpus        # prepare_corpus.py: tokens/s for 1 vs 2 workers, peak RSS at 1x and 4x size
     python bench.py --what=corpus --corpus_format=xml   # the same for PMC JATS XML in a bulk .tar.gz (parsing too)
+    python bench.py --what=shards                        # --shard=K/N: 1 vs 2 shards side by side, merge, projection
     python bench.py --what=eval          # eval_qa.py loglik scoring vs the harness' per-choice loop, questions/s
     python bench.py --what=model         # ours vs transformers.LlamaForCausalLM: training step, generation, memory
     python bench.py --what=model --compile=True     # the same with torch.compile on both
@@ -86,9 +87,9 @@ def run_measured(cmd):
     return dt, usage.ru_maxrss / 1024
 
 
-def _xml_package(path, data_root, copies):
+def _xml_package(path, data_root, copies, first=10_000_000):
     """A bulk package as NCBI ships them (.tar.gz of .xml members): the shared PMC articles repeated `copies` times,
-    each copy under new PMC ids (the same id twice would be skipped as a duplicate)."""
+    each copy under new PMC ids from `first` on (the same id twice would be skipped as a duplicate)."""
     import glob
     import gzip
     import io
@@ -101,8 +102,8 @@ def _xml_package(path, data_root, copies):
         for c in range(copies):
             for a in articles:
                 n += 1
-                data = ident.sub(lambda m: m.group(1) + b"PMC%d" % (10_000_000 + n), a)
-                info = tarfile.TarInfo(f"PMC0xxxxxxx/PMC{10_000_000 + n}.xml")
+                data = ident.sub(lambda m: m.group(1) + b"PMC%d" % (first + n), a)
+                info = tarfile.TarInfo(f"PMC0xxxxxxx/PMC{first + n}.xml")
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
     return n
@@ -157,6 +158,57 @@ def bench_corpus(cfg):
         one, two = (r["seconds"] for r in rows if r["corpus"].endswith(f"x{reps}"))
         print(f"x{reps}: 2 workers run {one / two:.2f}x as fast as 1")
     return rows
+
+
+def _run_parallel(cmds):
+    """Start every command at once; -> the wall time until the last one ends."""
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for c in cmds]
+    for p, c in zip(procs, cmds):
+        if p.wait() != 0:
+            raise RuntimeError(f"{' '.join(c)} failed: {p.stderr.read().decode()[-2000:]}")
+    return time.perf_counter() - t0
+
+
+def bench_shards(cfg):
+    """Corpus preparation sharded (prepare_corpus.py --shard=K/N): PMC XML packages as one shard, then as 2 shards
+    side by side (one process each, this machine's 2 cores), the merge's throughput, and from the measured rates the
+    projected time of PMC-LLaMA's 75B-token corpus on 64 cores and on 8 such nodes."""
+    tokenizer = os.path.join(cfg["data_root"], "tokenizer", "llama_tokenizer.model")
+    with tempfile.TemporaryDirectory() as tmp:
+        packages = [os.path.join(tmp, f"oa_{i}.tar.gz") for i in range(4)]
+        for i, p in enumerate(packages):  # 4 packages of ~1,000 articles, every PMC id its own
+            _xml_package(p, cfg["data_root"], 91, first=10_000_000 + 1_000_000 * i)
+        base = [sys.executable, "prepare_corpus.py", "--source=pmc_xml", "--input", *packages,
+                f"--tokenizer={tokenizer}", "--workers=1", "--quiet"]
+        one = min(_run_parallel([base + [f"--out_dir={tmp}/one_{r}", "--shard=0/1"]])
+                  for r in range(cfg["corpus_runs"]))
+        two = min(_run_parallel([base + [f"--out_dir={tmp}/two_{r}", f"--shard={k}/2"] for k in range(2)])
+                  for r in range(cfg["corpus_runs"]))
+        import prepare_corpus
+        t0 = time.perf_counter()
+        prepare_corpus.main(["--merge", f"--out_dir={tmp}/two_0", "--quiet"])  # in this process: the merge alone
+        merge_s = time.perf_counter() - t0
+        with open(os.path.join(tmp, "two_0", "meta.json")) as f:
+            meta = json.load(f)
+        tokens = sum(s["tokens"] for s in meta["splits"].values())
+        merged_bytes = sum(os.path.getsize(os.path.join(tmp, "two_0", f"{s}.{e}")) for s in ("train", "val")
+                           for e in ("bin", "idx"))
+    rate = tokens / one  # tokens/s of one process (reader, parser and tokenizer in one)
+    corpus, bytes_per_token = 75e9, merged_bytes / tokens
+    merge_rate = merged_bytes / merge_s
+    node = corpus / (rate * 64)
+    nodes8 = corpus / (rate * 64 * 8) + corpus * bytes_per_token / merge_rate
+    result = dict(tokens=tokens, one_shard_s=round(one, 2), two_shards_s=round(two, 2), speedup=round(one / two, 2),
+                  tokens_per_s_per_process=round(rate), merge_s=round(merge_s, 2), merge_gb_per_s=merge_rate / 1e9,
+                  projected_75b_64_cores_h=node / 3600, projected_75b_8_nodes_h=nodes8 / 3600)
+    print(f"{tokens:,} tokens of PMC XML: 1 shard {one:.2f} s, 2 shards side by side {two:.2f} s: "
+          f"{one / two:.2f}x; one process {rate:,.0f} tokens/s")
+    print(f"merge: {merged_bytes / 1e6:.1f} MB in {merge_s:.2f} s ({merge_rate / 1e9:.2f} GB/s)")
+    print(f"projected (a projection from these rates, not a measurement): 75B tokens on 64 cores (64 one-process "
+          f"shards) {node / 3600:.2f} h; on 8 such nodes {nodes8 / 3600:.2f} h, the merge of "
+          f"{corpus * bytes_per_token / 1e9:.0f} GB included")
+    return result
 
 
 def bench_eval(cfg):
@@ -520,8 +572,8 @@ def bench_memplan(cfg):
 
 def main(argv=None):
     cfg = configure(dict(globals()), argv)  # a copy: the defaults stay untouched
-    benches = {"corpus": bench_corpus, "eval": bench_eval, "model": bench_model, "fsdp": bench_fsdp,
-               "memplan": bench_memplan}
+    benches = {"corpus": bench_corpus, "shards": bench_shards, "eval": bench_eval, "model": bench_model,
+               "fsdp": bench_fsdp, "memplan": bench_memplan}
     if cfg["what"] not in benches:
         raise SystemExit(f"--what={cfg['what']}: known: {', '.join(benches)}")
     info = machine()
