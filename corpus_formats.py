@@ -406,3 +406,33 @@ def bioc_events(data, where, filters=Filters()):
             yield "skip", "no_body", w, pmc or doc_id
             continue
         yield "doc", pmc or (f"bioc:{doc_id}" if doc_id else w), "\n\n".join([title] + blocks if title else blocks), w
+
+
+# -----------------------------------------------------------------------------
+# WikiExtractor output (what people make from Wikipedia dumps): general text for replay
+
+_WIKI_DOC = re.compile(r'<doc id="([^"]*)"[^>]*>\n(.*?)\n</doc>\n?', re.S)
+
+
+def wikiextractor_events(data, where, filters=Filters()):
+    """A WikiExtractor file: pages `<doc id="N" url=... title="T">`, the title line, the body, `</doc>`. The `<doc>`
+    lines are stripped and the text kept as WikiExtractor wrote it; a title-only page (a redirect, an empty stub) and
+    anything outside a closed <doc> are skipped and counted."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        yield "skip", "invalid_utf8", where, str(e)
+        return
+    end = 0
+    for m in _WIKI_DOC.finditer(text):
+        if text[end:m.start()].strip():
+            yield "skip", "outside_doc", f"{where}:{text.count(chr(10), 0, end) + 1}", text[end:m.start()][:60]
+        end = m.end()
+        page_id, body = m.group(1), m.group(2).strip()
+        line = f"{where}:{text.count(chr(10), 0, m.start()) + 1}"
+        if "\n" not in body:  # the title line alone
+            yield "skip", "title_only", line, page_id
+        else:
+            yield "doc", f"wiki:{page_id}", body, line
+    if text[end:].strip():
+        yield "skip", "unclosed_doc", f"{where}:{text.count(chr(10), 0, end) + 1}", text[end:][:60]

@@ -326,6 +326,11 @@ def read_bioc(fp, skips, opts=Options()):
     yield "bioc", fp, fp
 
 
+def read_loose(kind):
+    """A reader that hands each file, unread, to a worker (which reads and parses it as `kind`)."""
+    return lambda fp, skips, opts=Options(): iter([(kind, fp, fp)])
+
+
 # -----------------------------------------------------------------------------
 # the table, and the two ends of the unit stream
 
@@ -340,6 +345,9 @@ SOURCES = {
     "text": Source(lambda p: input_files(p, "*.txt"), read_text, None),
     "pubtator": Source(lambda p: [p], read_pubtator, None),  # whole: a PMID seen in an earlier file is skipped
     "pubmedqa": Source(lambda p: [p], read_pubmedqa, None),
+    # WikiExtractor's output tree (text/AA/wiki_00, ...): every file not hidden, sorted by path
+    "wikiextractor": Source(lambda p: [f for f in tree_files(p, ("",)) if not os.path.basename(f).startswith(".")],
+                            read_loose("wikiextractor"), cf.wikiextractor_events),
 }
 
 

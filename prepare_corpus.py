@@ -29,6 +29,8 @@ Sources (one --source for all inputs, or one per input):
   pubtator  PubTator files (PMID|t|title, PMID|a|abstract; annotation lines ignored); a repeated PMID is skipped
   pubmedqa  PubMedQA ori_pqal.json / ori_pqaa.json contexts + conclusion (it is also a test set: --exclude_ids=
             test_ground_truth.json leaves the test questions out, or leave the source out altogether)
+  wikiextractor  WikiExtractor's output from a Wikipedia dump (text/AA/wiki_00, ...): one document per page, the
+            <doc> lines stripped; title-only pages (redirects) skipped and counted. General text, for replay
 
 A document's key is its PMC id ("PMC1234567") where it has one, so that one paper lands in the same split from any
 source; a PMC id seen again (NCBI re-issues updated articles in later packages) is skipped and counted: the first
