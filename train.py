@@ -189,16 +189,17 @@ class PaperWindows:
     """The batch source for pre-training: `steps_per_epoch` and `micro_batches(epoch, step)`, deterministic in
     (seed, epoch, step) so that a resumed run sees exactly the batches the uninterrupted run would have."""
 
-    def __init__(self, tokens, idx, c, rank, world, pad_id, shuffle=True):
+    def __init__(self, tokens, idx, c, rank, world, pad_id, shuffle=True, stream=None):
         self.tokens, self.starts, self.lens = tokens, idx[:-1], np.diff(idx)
         self.c, self.rank, self.world, self.pad_id, self.shuffle = c, rank, world, pad_id, shuffle
+        self.seed = [c.seed] if stream is None else [c.seed, stream]  # a mixture's sources draw independently
         self.n = len(self.lens)
         self.steps_per_epoch = math.ceil(self.n / c.global_batch_size)
         self._epoch, self._order, self._offsets = None, None, None
 
     def _plan(self, epoch):
         if self._epoch != epoch:  # per epoch: paper order and each paper's window start
-            rng = np.random.default_rng([self.c.seed, epoch])
+            rng = np.random.default_rng([*self.seed, epoch])
             self._order = rng.permutation(self.n) if self.shuffle else np.arange(self.n)
             room = np.maximum(self.lens - self.c.block_size, 0)
             self._offsets = (rng.random(self.n) * (room + 1)).astype(np.int64)
@@ -233,6 +234,67 @@ class PaperWindows:
         """The papers this rank trains on at (epoch, step): for tests of the sampler."""
         order, _ = self._plan(epoch)
         return [int(order[i]) for rows in step_rows(self.n, step, self.c, self.rank, self.world) for i in rows if i >= 0]
+
+
+def mixture_rows(weights, global_batch_size):
+    """Each source's rows in every step: global_batch_size x weight, rounded by largest remainders so that they add
+    up to the global batch and each is within one row of its share."""
+    exact = [global_batch_size * w for w in weights]
+    rows = [math.floor(x) for x in exact]
+    for i in sorted(range(len(rows)), key=lambda i: rows[i] - exact[i])[:global_batch_size - sum(rows)]:
+        rows[i] += 1
+    return rows
+
+
+class Mixture:
+    """A weighted mixture of corpora (data_dir='data/pmc:0.9,data/general:0.1'), the same interface as PaperWindows.
+    Every step takes mixture_rows() rows from each source: the sources' rows one after another, then spread over
+    ranks and micro-batches as a single corpus's are (so 1 process with grad_accum 2k still equals 2 with k). Each
+    source keeps its own per-paper windows and cycles through its papers at its own pace (its own epochs, seeded by
+    (seed, source, its epoch)); an epoch of the mixture is one of the first source's, the corpus being adapted to."""
+
+    def __init__(self, splits, names, weights, c, rank, world, pad_id):
+        self.names, self.rows, self.c, self.rank, self.world = names, mixture_rows(weights, c.global_batch_size), c, \
+            rank, world
+        if 0 in self.rows:
+            raise SystemExit(f"data_dir: {names[self.rows.index(0)]} gets no row of a global batch of "
+                             f"{c.global_batch_size}; raise its weight or the global batch")
+        self.parts = [PaperWindows(tokens, idx, SimpleNamespace(**{**vars(c), "global_batch_size": k}), rank, world,
+                                   pad_id, stream=i) for i, ((tokens, idx), k) in enumerate(zip(splits, self.rows))]
+        self.steps_per_epoch = self.parts[0].steps_per_epoch
+        self.pad_id = pad_id
+
+    def step_items(self, epoch, step):
+        """The whole global batch of a step: [(source, paper or -1 past the end of its epoch)]."""
+        s = epoch * self.steps_per_epoch + step
+        items = []
+        for i, (part, k) in enumerate(zip(self.parts, self.rows)):
+            ep, st = divmod(s, part.steps_per_epoch)
+            order, _ = part._plan(ep)
+            items += [(i, int(order[j]) if j < part.n else -1) for j in range(st * k, st * k + k)]
+        return items
+
+    def micro_batches(self, epoch, step):
+        items = self.step_items(epoch, step)
+        s, T = epoch * self.steps_per_epoch + step, self.c.block_size
+        for rows in step_rows(len(items), 0, self.c, self.rank, self.world):
+            x = np.full((len(rows), T), self.pad_id, dtype=np.int64)
+            y = np.full((len(rows), T), -100, dtype=np.int64)
+            for r, j in enumerate(rows):
+                i, paper = items[j]
+                if paper >= 0:
+                    part = self.parts[i]
+                    _, offsets = part._plan(s // part.steps_per_epoch)
+                    x[r], y[r] = part.window(paper, offsets[paper])
+            yield torch.from_numpy(x), torch.from_numpy(y)
+
+    def step_tokens(self, epoch, step):
+        """Tokens each source gives the whole step (every rank's), for the log."""
+        out = dict.fromkeys(self.names, 0)
+        for i, paper in self.step_items(epoch, step):
+            if paper >= 0:
+                out[self.names[i]] += int(min(self.parts[i].lens[paper], self.c.block_size))
+        return {f"tokens/{k}": v for k, v in out.items()}
 
 
 # -----------------------------------------------------------------------------
@@ -362,6 +424,13 @@ def evaluate(model, val_data, c, ctx):
     return loss_sum / max(count, 1), int(count)
 
 
+def held_out_loss(model, val_data, c, ctx):
+    """evaluate()'s loss of the held-out windows; of a mixture's ({source: windows}), each source's."""
+    if isinstance(val_data, dict):
+        return {name: evaluate(model, v, c, ctx)[0] for name, v in val_data.items()}
+    return evaluate(model, val_data, c, ctx)[0]
+
+
 class Preemption:
     """SIGTERM/SIGINT set a flag; the loop checkpoints at the next step boundary and exits."""
 
@@ -453,6 +522,9 @@ def record(it, total, steps_per_epoch, c, meter, val_loss, **step):
         rec.update(step, tokens_per_s=tps, mfu=mfu)
     if val_loss is not None and due(it, total, c.eval_interval):
         v = val_loss()
+        if isinstance(v, dict):  # a mixture: each source's held-out loss; val_loss is the first source's
+            rec.update({f"val_loss/{k}": x for k, x in v.items()})
+            v = next(iter(v.values()))
         rec.update(val_loss=v, val_ppl=math.exp(min(v, 50)))
     return {"iter": it, "epoch": round(it / steps_per_epoch, 4), **rec} if rec else None
 
@@ -502,8 +574,10 @@ def fit(model, data, c, ctx, model_args, val_data=None, export=None):
             it += 1
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
             bar.update(1)
-            val_loss = None if val_data is None else (lambda: evaluate(model, val_data, c, ctx)[0])
-            rec = record(it, total, data.steps_per_epoch, c, meter, val_loss, loss=loss, lr=lr, grad_norm=grad_norm)
+            val_loss = None if val_data is None else (lambda: held_out_loss(model, val_data, c, ctx))
+            mix = data.step_tokens(epoch, step) if isinstance(data, Mixture) else {}  # what each source gave
+            rec = record(it, total, data.steps_per_epoch, c, meter, val_loss, loss=loss, lr=lr, grad_norm=grad_norm,
+                         **mix)
             write_log(rec, log_path, ctx)
             stop = preemption_requested(preempt, ctx)
             if stop or checkpoint_due(it, total, c):
@@ -556,15 +630,43 @@ def write_json(path, obj):
     os.replace(path + ".tmp", path)  # a crash never leaves a half-written file under the final name
 
 
+def data_sources(spec):
+    """data_dir -> [(folder, weight)]: one prepared corpus, or a weighted mixture 'data/pmc:0.9,data/general:0.1'
+    (weights relative: they are normalised)."""
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    if len(parts) == 1 and not re.search(r":[0-9.eE+-]+$", parts[0]):
+        return [(parts[0], 1.0)]
+    out = []
+    for p in parts:
+        path, _, w = p.rpartition(":")
+        try:
+            weight = float(w)
+        except ValueError:
+            weight = -1.0
+        if not path or not weight > 0:
+            raise SystemExit(f"data_dir={spec}: '{p}' is not FOLDER:WEIGHT with a weight > 0 (e.g. data/pmc:0.9)")
+        out.append((path, weight))
+    total = sum(w for _, w in out)
+    return [(p, w / total) for p, w in out]
+
+
 def corpus_meta(c):
-    """data_dir's meta.json (prepare_corpus.py's record of the corpus); fills in c.tokenizer from it."""
-    require(os.path.join(c.data_dir, "meta.json"), "data_dir (its meta.json)",
-            "prepare_corpus.py writes it, e.g. python prepare_corpus.py --source=s2orc --input=/data/s2orc "
-            f"--tokenizer=/models/llama-7b-hf --out_dir={c.data_dir} (docs/corpus.md)")
+    """data_dir's meta.json (prepare_corpus.py's record of the corpus; of a mixture, each source's, which must share
+    one tokenizer); fills in c.tokenizer from it. -> the first source's meta."""
+    metas = []
+    for path, _ in data_sources(c.data_dir):
+        require(os.path.join(path, "meta.json"), "data_dir (its meta.json)",
+                "prepare_corpus.py writes it, e.g. python prepare_corpus.py --source=s2orc --input=/data/s2orc "
+                f"--tokenizer=/models/llama-7b-hf --out_dir={path} (docs/corpus.md)")
+        with open(os.path.join(path, "meta.json")) as f:
+            metas.append((path, json.load(f)))
+    first, meta = metas[0]
+    for path, m in metas[1:]:
+        if m["tokenizer_sha256"] != meta["tokenizer_sha256"]:
+            raise SystemExit(f"data_dir: {path} was prepared with another tokenizer than {first} ({m['tokenizer']} vs "
+                             f"{meta['tokenizer']}, sha256 differ): prepare every source with the model's tokenizer")
     if c.init_from not in ("scratch", "resume"):
         require(c.init_from, "init_from", MODEL_PATHS + " Or init_from=scratch / resume.")
-    with open(os.path.join(c.data_dir, "meta.json")) as f:
-        meta = json.load(f)
     c.tokenizer = c.tokenizer or meta["tokenizer"]
     require(c.tokenizer, "tokenizer", "Give the tokenizer the corpus was prepared with (--tokenizer=...).")
     return meta
@@ -593,24 +695,38 @@ def make_model(c, ctx, meta):
 
 
 def batch_sources(c, ctx, meta):
-    """(training windows, fixed held-out windows or None when the corpus has no val split) of this rank."""
+    """(training windows, fixed held-out windows or None when the corpus has no val split) of this rank; of a
+    mixture, a Mixture and {source: its held-out windows} for the sources with a val split."""
     from corpus_data import load_split
     pad = meta["eos_id"]
-    data = PaperWindows(*load_split(c.data_dir, "train"), c, ctx.rank, ctx.world, pad)
-    if meta["splits"]["val"]["documents"] == 0:
-        return data, None
+    sources = data_sources(c.data_dir)
     # fixed windows: epoch 0's draw of the val papers, the first eval_batches micro-batches per rank
     vc = SimpleNamespace(**{**vars(c), "grad_accum": c.eval_batches,
                             "global_batch_size": c.micro_batch_size * c.eval_batches * ctx.world})
-    return data, PaperWindows(*load_split(c.data_dir, "val"), vc, ctx.rank, ctx.world, pad, shuffle=False)
+    val = {path: PaperWindows(*load_split(path, "val"), vc, ctx.rank, ctx.world, pad, shuffle=False)
+           for path, _ in sources if has_val(path)}
+    if len(sources) == 1:
+        return PaperWindows(*load_split(c.data_dir, "train"), c, ctx.rank, ctx.world, pad), val.get(c.data_dir)
+    data = Mixture([load_split(p, "train") for p, _ in sources], [p for p, _ in sources], [w for _, w in sources],
+                   c, ctx.rank, ctx.world, pad)
+    return data, val or None
+
+
+def has_val(path):
+    with open(os.path.join(path, "meta.json")) as f:
+        return json.load(f)["splits"]["val"]["documents"] > 0
 
 
 def run_eval_only(model, val, c, ctx):
     """--eval_only: the held-out loss and perplexity of init_from, written to out_dir/eval.json."""
     if val is None:
         raise SystemExit(f"eval_only: {c.data_dir} has no val split (prepare it with --val_fraction > 0)")
-    v, n_tok = evaluate(model, val, c, ctx)
+    vals = val if isinstance(val, dict) else {c.data_dir: val}  # a mixture: every source with a val split
+    losses = {name: evaluate(model, v, c, ctx) for name, v in vals.items()}
+    v, n_tok = next(iter(losses.values()))
     result = {"model": c.init_from, "data_dir": c.data_dir, "val_loss": v, "val_ppl": math.exp(v), "val_tokens": n_tok}
+    if len(losses) > 1:
+        result["val_loss_by_source"] = {name: loss for name, (loss, _) in losses.items()}
     if ctx.master:
         write_json(os.path.join(c.out_dir, "eval.json"), result)
         print(f"val loss {v:.4f}, perplexity {math.exp(v):.2f} ({c.init_from} on {c.data_dir})")
