@@ -57,6 +57,43 @@ def task_of(path):
     return re.match(r"samples_(.+)_\d{4}-\d\d-\d\dT[\d\-.]+\.jsonl$", os.path.basename(path)).group(1)
 
 
+ROLLING = ("wikitext",)  # loglikelihood_rolling tasks: one score per document, no choices
+
+
+def read_rolling(path):
+    """A rolling task's samples -> {doc_id: {text (the scored string), loglik, words, bytes}}."""
+    out = {}
+    for line in open(path):
+        s = json.loads(line)
+        ll, words = s["word_perplexity"]
+        out[int(s["doc_id"])] = {"text": s["target"], "loglik": float(ll), "words": int(words),
+                                 "bytes": int(s["byte_perplexity"][1])}
+    return out
+
+
+def compare_rolling(bench, ours, docs, tol):
+    """Per document: words and bytes counted alike, |loglik diff| per token (mean and max); the three metrics of
+    both to 4 significant digits."""
+    import math
+    pairs = [(o, docs[o["id"]]) for o in ours if o["id"] in docs]
+    per_tok = [abs(o["loglikelihood"] - d["loglik"]) / o["tokens"] for o, d in pairs]
+    def metrics(lls, words, nbytes):
+        ll = sum(lls)
+        return {"word_perplexity": math.exp(-ll / sum(words)), "byte_perplexity": math.exp(-ll / sum(nbytes)),
+                "bits_per_byte": -ll / sum(nbytes) / math.log(2)}
+    m_ours = metrics([o["loglikelihood"] for o, _ in pairs], [o["words"] for o, _ in pairs], [o["bytes"] for o, _ in pairs])
+    m_harn = metrics([d["loglik"] for _, d in pairs], [d["words"] for _, d in pairs], [d["bytes"] for _, d in pairs])
+    sig = lambda x: float(f"{x:.4g}")  # noqa: E731
+    r = {"bench": bench, "task": bench, "n_ours": len(ours), "n_pairs": len(pairs),
+         "counts_diff": [o["id"] for o, d in pairs if (o["words"], o["bytes"]) != (d["words"], d["bytes"])],
+         "mean_abs_diff_per_token": sum(per_tok) / max(len(per_tok), 1), "max_abs_diff_per_token": max(per_tok),
+         "max_abs_diff_doc": max(abs(o["loglikelihood"] - d["loglik"]) for o, d in pairs),
+         "ours": m_ours, "harness": m_harn}
+    r["ok"] = (len(pairs) == len(docs) == len(ours) and not r["counts_diff"] and r["mean_abs_diff_per_token"] <= tol
+               and all(sig(m_ours[k]) == sig(m_harn[k]) for k in m_ours))
+    return r
+
+
 def load_harness(paths):
     tasks = {}
     for p in paths:
@@ -66,8 +103,8 @@ def load_harness(paths):
             continue
         files = glob.glob(os.path.join(p, "**", "samples_*.jsonl"), recursive=True) if os.path.isdir(p) else [p]
         for f in sorted(files):
-            docs = read_samples(f)
             t = task_of(f)
+            docs = read_rolling(f) if t in ROLLING else read_samples(f)
             if len(docs) > len(tasks.get(t, {})):
                 tasks[t] = docs
     return tasks
@@ -191,14 +228,22 @@ def main(argv=None):
         sys.path.insert(0, a.repo)
         from tokenizer import Tokenizer
         encode = Tokenizer(a.our_tokenizer).encode
-    rows = []
+    rows, rolling = [], []
     for bench, rs in ours.items():
         t = harness_task(bench)
         if t not in harness and t not in requests:
             print(f"{bench}: no harness output for task {t}; skipped", file=sys.stderr)
             continue
+        if t in ROLLING:
+            rolling.append(compare_rolling(bench, rs, harness[t], a.tol))
+            continue
         rows.append(compare_task(bench, rs, harness.get(t, {}), requests.get(t), a.tol, a.tie, encode))
     report(rows, a.tol, a.tie)
+    for r in rolling:
+        print(f"{r['bench']}: {r['n_pairs']} documents, words/bytes differ in {len(r['counts_diff'])}; |loglik diff| "
+              f"per token mean {r['mean_abs_diff_per_token']:.2e}, max {r['max_abs_diff_per_token']:.2e} (largest per "
+              f"document {r['max_abs_diff_doc']:.2e}); ours {r['ours']}; harness {r['harness']}; ok {r['ok']}")
+    rows += rolling
     if a.json:
         with open(a.json + ".tmp", "w") as f:
             json.dump(rows, f, indent=1)

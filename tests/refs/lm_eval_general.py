@@ -12,6 +12,9 @@ fp32 HF folder as lm_eval_tasks.py (see its docstring for how both are made):
         --device cpu --batch_size 16 --num_fewshot 0 --include_path /work/refs/tasks_general --tasks mmlu \
         --log_samples --output_path /work/refs/harness_general/mmlu
 
+Then `lm_eval_general.py --golden tests/golden/lm_eval_smollm2.json /work/refs/harness_general "<command>"` adds the
+first 5 questions of four MMLU subjects and two WikiText pages to CI's golden file (tests/test_lm_eval_golden.py).
+
 Each YAML keeps the harness' task name and `include:`s its own YAML, so `--include_path` replaces the built-in task of
 that name (and the mmlu_*_tasks tags, so the `mmlu` group and its four subgroups resolve to these 57 tasks). Template,
 metrics, wikitext's detokenizer and rolling windows are untouched; only the data source changes: a local JSON Lines
@@ -94,5 +97,39 @@ def main():
     print(f"wikitext: {len(rows)} pages -> {data}")
 
 
+GOLDEN_MMLU = ("abstract_algebra", "high_school_european_history", "moral_scenarios", "sociology")  # 4 categories
+GOLDEN_PAGES = (29, 15)  # 272 tokens in one window; 2,196 tokens in two (max_length 2048)
+
+
+def add_to_golden(golden, samples, command):
+    """Grow tests/golden/lm_eval_smollm2.json from the harness' --log_samples files: the first 5 questions of a few
+    MMLU subjects (as the medical ones are kept) and two WikiText pages (the scored text, its log-likelihood, words
+    and bytes)."""
+    import glob
+    g = json.load(open(golden))
+    files = glob.glob(os.path.join(samples, "**", "samples_*.jsonl"), recursive=True)
+    for s in GOLDEN_MMLU:
+        f = next(f for f in files if os.path.basename(f).startswith(f"samples_mmlu_{s}_"))
+        rows = [json.loads(l) for l in open(f)][:5]
+        g["tasks"][f"mmlu_{s}"] = [{
+            "doc_index": int(r["doc_id"]), "id": None, "context": r["arguments"]["gen_args_0"]["arg_0"],
+            "continuations": [a["arg_1"] for a in r["arguments"].values()],
+            "loglik": [float(x[0][0]) for x in r["resps"]], "is_greedy": [bool(x[0][1]) for x in r["resps"]],
+            "target": int(r["target"])} for r in rows]
+    f = next(f for f in files if os.path.basename(f).startswith("samples_wikitext_"))
+    pages = {int(r["doc_id"]): r for r in map(json.loads, open(f))}
+    g["wikitext"] = {"command": command, "max_length": 2048, "pages": [
+        {"doc_index": i, "text": pages[i]["target"], "loglik": float(pages[i]["word_perplexity"][0]),
+         "words": int(pages[i]["word_perplexity"][1]), "bytes": int(pages[i]["byte_perplexity"][1])}
+        for i in GOLDEN_PAGES]}
+    with open(golden + ".tmp", "w") as out:
+        json.dump(g, out, indent=1, ensure_ascii=False)
+    os.replace(golden + ".tmp", golden)
+    print(f"{golden}: + {len(GOLDEN_MMLU)} MMLU subjects x 5 questions, {len(GOLDEN_PAGES)} WikiText pages")
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) > 1 and sys.argv[1] == "--golden":  # --golden GOLDEN_JSON SAMPLES_FOLDER "COMMAND"
+        add_to_golden(*sys.argv[2:5])
+    else:
+        main()
