@@ -10,6 +10,13 @@ import torch
 import eval_qa
 import perplexity
 import qa_data
+from conftest import make_hf_with_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny_hf(tmp_path_factory):
+    """A random tiny LLaMA with the 32k LLaMA tokenizer (BOS 1): quick to load, enough for errors and bookkeeping."""
+    return make_hf_with_tokenizer(tmp_path_factory.mktemp("m") / "hf")
 
 
 def test_rolling_windows_cover_every_token_once():
@@ -91,8 +98,8 @@ def test_unknown_bench_is_one_line(spec):
     assert "\n" not in msg and "unknown benchmark" in msg and "mmlu_all" in msg and "wikitext" in msg
 
 
-def test_bad_perplexity_input_is_one_line(tmp_path, smollm2_gguf):
-    base = [f"--init_from={smollm2_gguf}", f"--out={tmp_path / 'out'}", "--bench=ppl"]
+def test_bad_perplexity_input_is_one_line(tmp_path, tiny_hf):
+    base = [f"--init_from={tiny_hf}", f"--out={tmp_path / 'out'}", "--bench=ppl"]
     (tmp_path / "empty").mkdir()
     (tmp_path / "nopages.jsonl").write_text("")
     (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"txt": "typo"}\n')
@@ -108,7 +115,7 @@ def test_bad_perplexity_input_is_one_line(tmp_path, smollm2_gguf):
             eval_qa.main(base + extra)
         assert want in str(e.value) and "\n" not in str(e.value), (extra, str(e.value))
     with pytest.raises(SystemExit, match="download.py --benchmarks --data_root="):
-        eval_qa.main([f"--init_from={smollm2_gguf}", "--bench=wikitext", f"--data_root={tmp_path}"])
+        eval_qa.main([f"--init_from={tiny_hf}", "--bench=wikitext", f"--data_root={tmp_path}"])
 
 
 def test_corpus_without_val_split_is_refused(tmp_path):
@@ -117,15 +124,37 @@ def test_corpus_without_val_split_is_refused(tmp_path):
         perplexity.load_documents(str(tmp_path))
 
 
-def test_ppl_on_a_text_folder_end_to_end(tmp_path, smollm2_gguf):
+def test_ppl_on_a_text_folder_end_to_end(tmp_path, tiny_hf):
     """--bench=ppl on a folder: the JSON's metrics follow from its per-document log-likelihoods (closed form)."""
     (tmp_path / "docs").mkdir()
     texts = ["Metformin is a first-line drug for type 2 diabetes.", "The cat sat on the mat. " * 3]
     for i, t in enumerate(texts):
         (tmp_path / "docs" / f"{i}.txt").write_text(t)
-    res = eval_qa.main([f"--init_from={smollm2_gguf}", f"--out={tmp_path / 'out'}", "--bench=ppl",
+    res = eval_qa.main([f"--init_from={tiny_hf}", f"--out={tmp_path / 'out'}", "--bench=ppl",
                         f"--data={tmp_path / 'docs'}", "--max_length=8"])["ppl"]
     rows = [json.loads(l) for l in open(tmp_path / "out" / "predictions.jsonl")]
     ll, n_bytes = sum(r["loglikelihood"] for r in rows), sum(len(t.encode()) for t in texts)
     assert res["bits_per_byte"] == pytest.approx(-ll / n_bytes / math.log(2))
     assert res["windows"] == sum(math.ceil(r["tokens"] / 8) for r in rows) and all(r["loglikelihood"] < 0 for r in rows)
+
+
+def test_ppl_on_a_prepared_corpus_val_split(tmp_path, tiny_hf):
+    """--bench=ppl on a prepare_corpus.py out_dir: its val documents, decoded with the corpus' tokenizer (BOS and
+    EOS dropped), scored as text."""
+    import prepare_corpus
+    from conftest import data_path
+    from corpus_data import load_split
+    from tokenizer import Tokenizer
+    tok_path = data_path("tokenizer", "llama_tokenizer.model")
+    prepare_corpus.main(["--source", "pubtator", "--input",
+                         data_path("biomed_corpus", "bc5cdr", "CDR_DevelopmentSet.PubTator.txt"), "--tokenizer",
+                         tok_path, "--out_dir", str(tmp_path / "c"), "--val_fraction", "0.05", "--workers", "1",
+                         "--quiet"])
+    tokens, idx = load_split(str(tmp_path / "c"), "val")
+    docs = perplexity.load_documents(str(tmp_path / "c"))
+    tok = Tokenizer(tok_path)
+    assert len(docs) == len(idx) - 1 > 5
+    assert tok.encode(docs[0], bos=True, eos=True) == tokens[idx[0]:idx[1]].tolist()
+    res = eval_qa.main([f"--init_from={tiny_hf}", f"--out={tmp_path / 'out'}", "--bench=ppl",
+                        f"--data={tmp_path / 'c'}", "--max_length=128"])["ppl"]
+    assert res["n"] == len(docs) and res["bits_per_byte"] > 0
