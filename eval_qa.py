@@ -350,11 +350,7 @@ def evaluate_bench(model, tok, c, b, path):
 def evaluate_ppl(model, tok, c, b, path):
     """Word and byte perplexity and bits per byte of documents (perplexity.py): the wikitext task's pages,
     detokenized as the harness does, or the user's held-out text as it is."""
-    if b == "wikitext":
-        pages = perplexity.read_jsonl(path, "page")
-        texts, counted = [perplexity.wikitext_detokenize(p) for p in pages], pages  # words and bytes of the page
-    else:
-        texts = counted = perplexity.load_documents(path, c.text_field)
+    texts, counted = perplexity.documents(path, c.text_field)  # WikiText pages: detokenized, counted as stored
     max_len = c.max_length or model.args.max_seq_len
     if max_len < 2 or max_len > model.args.max_seq_len:
         raise SystemExit(f"max_length={max_len}: rolling windows need 2 to {model.args.max_seq_len} tokens "

@@ -99,6 +99,22 @@ def load_documents(path, field="text"):
     return docs
 
 
+def documents(path, field="text"):
+    """(texts to score, texts whose words and bytes count): WikiText pages (JSON Lines of {"page": ...}, the layout of
+    the harness' wikitext_document_level) detokenized and counted as stored, as the harness' wikitext task does;
+    anything load_documents reads, scored and counted as it is."""
+    if os.path.isfile(path) and path.endswith(".jsonl"):
+        with open(path, encoding="utf-8") as f:
+            first = next((line for line in f if line.strip()), "")
+        if first and "page" in json.loads(first):
+            pages = read_jsonl(path, "page")
+            if not pages:
+                raise SystemExit(f"{path}: no pages")
+            return [wikitext_detokenize(p) for p in pages], pages
+    docs = load_documents(path, field)
+    return docs, docs
+
+
 # -----------------------------------------------------------------------------
 # rolling windows and metrics
 

@@ -69,6 +69,9 @@ device = ""  # '' = cuda if available else cpu
 seed = 1337
 eval_interval = 100  # optimizer steps between validations (and at the end); 0 disables
 eval_batches = 8  # micro-batches of fixed held-out windows per process per validation
+bpb_data = ""  # held-out text scored in bits per byte at every validation, comparable across tokenizers (e.g. the
+# WikiText-2 test pages, general/wikitext2_test_raw/wikitext-test-pages.jsonl: the harness' wikitext task, in windows
+# of block_size; or any folder / .jsonl / corpus eval_qa.py --bench=ppl reads)
 log_interval = 1
 ckpt_interval = 500  # steps between checkpoints (and at the end); 0: only at the end; -1: none but on preemption
 keep_checkpoints = 2  # newest complete checkpoints kept
@@ -424,11 +427,48 @@ def evaluate(model, val_data, c, ctx):
     return loss_sum / max(count, 1), int(count)
 
 
-def held_out_loss(model, val_data, c, ctx):
-    """evaluate()'s loss of the held-out windows; of a mixture's ({source: windows}), each source's."""
-    if isinstance(val_data, dict):
-        return {name: evaluate(model, v, c, ctx)[0] for name, v in val_data.items()}
-    return evaluate(model, val_data, c, ctx)[0]
+class HeldOutText:
+    """Documents scored as lm-evaluation-harness scores perplexity (perplexity.py: rolling windows of block_size, the
+    first conditioned on BOS, else EOS), each rank a share of the windows, micro_batch_size at a time; every rank runs
+    the same number of forwards (FSDP gathers parameters in each), the last padded with empty rows."""
+
+    def __init__(self, path, tokenizer, c, rank, world):
+        import perplexity
+        from tokenizer import Tokenizer
+        tok = Tokenizer(tokenizer)
+        texts, counted = perplexity.documents(path)
+        prefix = tok.bos_id if tok.bos_id is not None else tok.eos_id
+        windows = [w for t in texts for w in perplexity.rolling_windows(tok.encode(t), prefix, c.block_size)]
+        self.n_bytes = sum(len(t.encode("utf-8")) for t in counted)
+        per_rank = -(-len(windows) // world)
+        mine = windows[rank * per_rank:(rank + 1) * per_rank]
+        self.batches = []
+        for b in range(0, -(-per_rank // c.micro_batch_size) * c.micro_batch_size, c.micro_batch_size):
+            x = torch.zeros(c.micro_batch_size, c.block_size, dtype=torch.long)
+            y = torch.full((c.micro_batch_size, c.block_size), -100, dtype=torch.long)
+            for r, (inputs, targets) in enumerate(mine[b:b + c.micro_batch_size]):
+                x[r, :len(inputs)], y[r, :len(targets)] = torch.tensor(inputs), torch.tensor(targets)
+            self.batches.append((x, y))
+
+    @torch.no_grad()
+    def bits_per_byte(self, model, ctx):
+        model.eval()
+        nll = 0.0
+        for x, y in self.batches:
+            _, loss = model(x.to(ctx.device), y.to(ctx.device), reduction="sum", loss_fn=linear_cross_entropy)
+            nll += loss.item()
+        model.train()
+        return all_sum(nll, device=ctx.device)[0] / self.n_bytes / math.log(2)
+
+
+def held_out(model, val_data, c, ctx):
+    """The held-out figures of one validation: val_data is the windows of one corpus (-> its loss), or {name:
+    windows or HeldOutText} (a mixture's sources, bpb_data) -> {val_loss/name: ..., val_bpb/name: ...}."""
+    if not isinstance(val_data, dict):
+        return evaluate(model, val_data, c, ctx)[0]
+    return {(f"val_bpb/{name}" if isinstance(v, HeldOutText) else f"val_loss/{name}"):
+            (v.bits_per_byte(model, ctx) if isinstance(v, HeldOutText) else evaluate(model, v, c, ctx)[0])
+            for name, v in val_data.items()}
 
 
 class Preemption:
@@ -522,10 +562,11 @@ def record(it, total, steps_per_epoch, c, meter, val_loss, **step):
         rec.update(step, tokens_per_s=tps, mfu=mfu)
     if val_loss is not None and due(it, total, c.eval_interval):
         v = val_loss()
-        if isinstance(v, dict):  # a mixture: each source's held-out loss; val_loss is the first source's
-            rec.update({f"val_loss/{k}": x for k, x in v.items()})
-            v = next(iter(v.values()))
-        rec.update(val_loss=v, val_ppl=math.exp(min(v, 50)))
+        if isinstance(v, dict):  # several sources and/or bits per byte; val_loss is the first source's
+            rec.update(v)
+            v = next((x for k, x in v.items() if k.startswith("val_loss/")), None)
+        if v is not None:
+            rec.update(val_loss=v, val_ppl=math.exp(min(v, 50)))
     return {"iter": it, "epoch": round(it / steps_per_epoch, 4), **rec} if rec else None
 
 
@@ -574,7 +615,7 @@ def fit(model, data, c, ctx, model_args, val_data=None, export=None):
             it += 1
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
             bar.update(1)
-            val_loss = None if val_data is None else (lambda: held_out_loss(model, val_data, c, ctx))
+            val_loss = None if val_data is None else (lambda: held_out(model, val_data, c, ctx))
             mix = data.step_tokens(epoch, step) if isinstance(data, Mixture) else {}  # what each source gave
             rec = record(it, total, data.steps_per_epoch, c, meter, val_loss, loss=loss, lr=lr, grad_norm=grad_norm,
                          **mix)
@@ -705,8 +746,11 @@ def batch_sources(c, ctx, meta):
                             "global_batch_size": c.micro_batch_size * c.eval_batches * ctx.world})
     val = {path: PaperWindows(*load_split(path, "val"), vc, ctx.rank, ctx.world, pad, shuffle=False)
            for path, _ in sources if has_val(path)}
+    if c.bpb_data:  # bits per byte of held-out text, beside the held-out loss of each source
+        val[os.path.basename(c.bpb_data.rstrip("/"))] = HeldOutText(c.bpb_data, c.tokenizer, c, ctx.rank, ctx.world)
     if len(sources) == 1:
-        return PaperWindows(*load_split(c.data_dir, "train"), c, ctx.rank, ctx.world, pad), val.get(c.data_dir)
+        data = PaperWindows(*load_split(c.data_dir, "train"), c, ctx.rank, ctx.world, pad)
+        return data, (val or None) if c.bpb_data else val.get(c.data_dir)
     data = Mixture([load_split(p, "train") for p, _ in sources], [p for p, _ in sources], [w for _, w in sources],
                    c, ctx.rank, ctx.world, pad)
     return data, val or None
@@ -722,11 +766,13 @@ def run_eval_only(model, val, c, ctx):
     if val is None:
         raise SystemExit(f"eval_only: {c.data_dir} has no val split (prepare it with --val_fraction > 0)")
     vals = val if isinstance(val, dict) else {c.data_dir: val}  # a mixture: every source with a val split
-    losses = {name: evaluate(model, v, c, ctx) for name, v in vals.items()}
-    v, n_tok = next(iter(losses.values()))
+    losses = {name: evaluate(model, v, c, ctx) for name, v in vals.items() if not isinstance(v, HeldOutText)}
+    v, n_tok = next(iter(losses.values())) if losses else (float("nan"), 0)
     result = {"model": c.init_from, "data_dir": c.data_dir, "val_loss": v, "val_ppl": math.exp(v), "val_tokens": n_tok}
     if len(losses) > 1:
         result["val_loss_by_source"] = {name: loss for name, (loss, _) in losses.items()}
+    result.update({f"val_bpb/{name}": t.bits_per_byte(model, ctx) for name, t in vals.items()
+                   if isinstance(t, HeldOutText)})
     if ctx.master:
         write_json(os.path.join(c.out_dir, "eval.json"), result)
         print(f"val loss {v:.4f}, perplexity {math.exp(v):.2f} ({c.init_from} on {c.data_dir})")

@@ -116,3 +116,26 @@ def test_mixture_of_two_tokenizers_is_refused(tmp_path):
     b = rigged_corpus(tmp_path / "b", 20, 20, 1, tokenizer_sha="b" * 64)
     r = run_train(tmp_path / "out", f"{a}:0.5,{b}:0.5", "--max_iters=1", check=False)
     assert r.returncode != 0 and "was prepared with another tokenizer" in r.stderr
+
+
+def test_bits_per_byte_in_training_equals_eval_qa(tmp_path, mixture):
+    """bpb_data: train.py's held-out bits per byte (its windows spread over ranks, FSDP) equals eval_qa.py
+    --bench=ppl's on the same model and text with max_length = block_size, on 1 and on 2 processes."""
+    import eval_qa
+    from conftest import make_hf_with_tokenizer
+    pages = perplexity_pages(tmp_path / "pages.jsonl", (28, 29, 57))
+    hf = make_hf_with_tokenizer(tmp_path / "hf")
+    ref = eval_qa.main([f"--init_from={hf}", "--bench=ppl", f"--data={pages}", "--max_length=64",
+                        f"--out={tmp_path / 'ev'}"])["ppl"]["bits_per_byte"]
+    for nproc in (1, 2):
+        out = tmp_path / f"eval{nproc}"
+        run_train(out, mixture, "--eval_only=True", f"--init_from={hf}", f"--bpb_data={pages}", nproc=nproc)
+        got = json.load(open(out / "eval.json"))["val_bpb/pages.jsonl"]
+        assert abs(got - ref) <= 1e-6 * ref, (nproc, got, ref)
+
+
+def perplexity_pages(path, ids):
+    """Three WikiText-2 test pages (one of 31 tokens, longer ones in several 64-token windows)."""
+    lines = open(data_path("general", "wikitext2_test_raw", "wikitext-test-pages.jsonl"), encoding="utf-8").readlines()
+    path.write_text("".join(lines[i] for i in ids), encoding="utf-8")
+    return str(path)
