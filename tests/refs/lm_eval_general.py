@@ -24,13 +24,12 @@ is (field `page`, 62 pages; see that folder's PROVENANCE.md section 5). Splits t
 harness builds them eagerly). Standard library only, run by the harness venv's Python.
 """
 import argparse
-import csv
 import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from lm_eval_tasks import harness_yaml, write  # noqa: E402
+from lm_eval_tasks import harness_yaml, mmlu, write  # noqa: E402
 
 WIKITEXT_PAGES = os.path.join("general", "wikitext2_test_raw", "wikitext-test-pages.jsonl")
 
@@ -42,16 +41,6 @@ def mmlu_subjects(src):
     theirs = sorted(f[len("mmlu_"): -len(".yaml")] for f in theirs if f.startswith("mmlu_") and f.endswith(".yaml"))
     assert ours == theirs and len(ours) == 57, (set(ours) ^ set(theirs), len(ours))
     return ours
-
-
-def mmlu(src, subject):
-    """cais/mmlu, config <subject> (test): as lm_eval_tasks.mmlu, from the all-subject folder ../mmlu."""
-    rows = []
-    with open(os.path.join(src, "mmlu", f"{subject}_test.csv"), newline="") as f:
-        for n, rec in enumerate(csv.reader(f), 1):
-            assert len(rec) == 6 and rec[5] in ("A", "B", "C", "D"), (subject, n)
-            rows.append({"question": rec[0], "subject": subject, "choices": rec[1:5], "answer": "ABCD".index(rec[5])})
-    return "test", rows
 
 
 def wikitext_pages(src):
@@ -85,7 +74,7 @@ def main():
     n = 0
     for s in mmlu_subjects(a.data_root):
         task = f"mmlu_{s}"
-        split, rows = mmlu(a.data_root, s)
+        split, rows = mmlu(a.data_root, s, folder="mmlu")  # all 57 subjects: the six medical ones byte-identical
         data = os.path.abspath(os.path.join(a.out, "data", f"{task}_{split}.jsonl"))
         write(data, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         write(os.path.join(a.out, f"{task}.yaml"), task_yaml(task, split, data, "fewshot_split: null\n"))

@@ -55,10 +55,10 @@ def pubmedqa(src):
     return "test", [{"QUESTION_ID": pmid, **r} for pmid, r in data.items()]
 
 
-def mmlu(src, subject):
+def mmlu(src, subject, folder="mmlu_medical"):
     """cais/mmlu, config <subject> (test): question, subject, choices [A..D], answer 0-based."""
     rows = []
-    with open(os.path.join(src, "mmlu_medical", f"{subject}_test.csv"), newline="") as f:
+    with open(os.path.join(src, folder, f"{subject}_test.csv"), newline="") as f:
         for n, rec in enumerate(csv.reader(f), 1):
             assert len(rec) == 6 and rec[5] in ("A", "B", "C", "D"), (subject, n)
             rows.append({"question": rec[0], "subject": subject, "choices": rec[1:5], "answer": "ABCD".index(rec[5])})
