@@ -5,9 +5,9 @@ Perplexity as lm-evaluation-harness computes it: documents, its rolling windows 
     python eval_qa.py --bench=ppl --data=held_out/ --init_from=MODEL         # any held-out text, the same metrics
 
 A document's log-likelihood is the sum of log p(token | everything before it in its window) over all its tokens,
-scored in disjoint windows of max_len tokens: the first conditioned on the prefix token alone (BOS, or EOS for a
-tokenizer without one), each later one on the single token before it (the harness' get_rolling_token_windows with
-context_len 1, made disjoint). From the summed log-likelihoods LL, words W and UTF-8 bytes B of all documents:
+scored in windows of max_len tokens: the first conditioned on the prefix token alone (BOS, or EOS for a tokenizer
+without one), each later one on the single token before it, the last (shorter) one filled to max_len with the tokens
+before it (the harness' get_rolling_token_windows with context_len 1, made disjoint). From the summed log-likelihoods LL, words W and UTF-8 bytes B of all documents:
 word_perplexity = exp(-LL / W), byte_perplexity = exp(-LL / B), bits_per_byte = -LL / (B ln 2). Bits per byte is
 comparable across tokenizers; perplexity per token is not. The wikitext task scores the detokenized page and counts
 the words and bytes of the page as stored (the harness' process_results). This module knows nothing of models.
@@ -119,16 +119,21 @@ def documents(path, field="text"):
 # rolling windows and metrics
 
 def rolling_windows(tokens, prefix_id, max_len):
-    """(inputs, targets) of equal length per window, covering every token once: the first window is prefix_id +
-    tokens[:max_len - 1] -> tokens[:max_len]; each later one predicts the next max_len tokens from the one before."""
+    """(inputs, targets) per window, targets aligned with inputs (-100: context, not scored), every token scored
+    once: the first window is prefix_id + tokens[:max_len - 1] -> tokens[:max_len]; each later one scores the next
+    max_len tokens given the one before them; the last, shorter one is filled to max_len with the tokens before it as
+    context (the harness' get_rolling_token_windows with context_len 1, made disjoint)."""
     if max_len < 1:
         raise ValueError(f"max_len={max_len}: a window needs at least 1 position")
+    if not tokens:
+        return []
     first = min(max_len, len(tokens))
     windows = [([prefix_id] + tokens[:first - 1], tokens[:first])]
     for start in range(max_len, len(tokens), max_len):
         end = min(start + max_len, len(tokens))
-        windows.append((tokens[start - 1:end - 1], tokens[start:end]))
-    return windows if tokens else []
+        inputs = tokens[end - max_len - 1:end - 1]
+        windows.append((inputs, [-100] * (len(inputs) - (end - start)) + tokens[start:end]))
+    return windows
 
 
 def word_count(text):

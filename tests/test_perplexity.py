@@ -22,13 +22,14 @@ def tiny_hf(tmp_path_factory):
 def test_rolling_windows_cover_every_token_once():
     toks = list(range(1, 11))
     w = perplexity.rolling_windows(toks, 0, 4)
-    assert w == [([0, 1, 2, 3], [1, 2, 3, 4]), ([4, 5, 6, 7], [5, 6, 7, 8]), ([8, 9], [9, 10])]
+    # the last window scores 9 and 10, filled to 4 positions with 6, 7 as context (lm_eval's rolling windows)
+    assert w == [([0, 1, 2, 3], [1, 2, 3, 4]), ([4, 5, 6, 7], [5, 6, 7, 8]), ([6, 7, 8, 9], [-100, -100, 9, 10])]
     for max_len in (1, 2, 3, 10, 11, 50):
         w = perplexity.rolling_windows(toks, 0, max_len)
-        assert [t for _, ts in w for t in ts] == toks  # each token predicted exactly once, in order
+        assert [t for _, ts in w for t in ts if t != -100] == toks  # each token predicted exactly once, in order
         for inputs, targets in w:  # input t is the token before target t
-            assert len(inputs) == len(targets) <= max_len
-            assert all(i == t - 1 for i, t in zip(inputs, targets))
+            assert len(inputs) == len(targets) == min(max_len, len(toks))
+            assert all(i == t - 1 for i, t in zip(inputs, targets) if t != -100)
     assert perplexity.rolling_windows([], 0, 4) == []
 
 
@@ -69,11 +70,12 @@ def test_rolling_loglikelihood_equals_transformers_per_window():
     windows = perplexity.rolling_windows(doc, 0, 64)
     got = eval_qa.score_windows(ours, windows, batch_size=2, device="cpu", chunk=16, progress=False)
     for (inputs, targets), g in zip(windows, got):
+        scored = [(i, t) for i, t in enumerate(targets) if t != -100]
         with torch.no_grad():
             lp = torch.log_softmax(hf(torch.tensor([inputs])).logits[0].float(), -1)
-        ref = lp[torch.arange(len(targets)), torch.tensor(targets)].sum().item()
-        assert abs(g - ref) <= 1e-4 * len(targets), (g, ref)
-    assert len(windows) == 3 and [len(t) for _, t in windows] == [64, 64, 22]
+        ref = sum(lp[i, t].item() for i, t in scored)
+        assert abs(g - ref) <= 1e-4 * len(scored), (g, ref)
+    assert len(windows) == 3 and [sum(t != -100 for t in ts) for _, ts in windows] == [64, 64, 22]
 
 
 def test_mmlu_categories_and_group_rows():

@@ -103,7 +103,7 @@ def add_to_golden(golden, samples, command):
         g["tasks"][f"mmlu_{s}"] = [{
             "doc_index": int(r["doc_id"]), "id": None, "context": r["arguments"]["gen_args_0"]["arg_0"],
             "continuations": [a["arg_1"] for a in r["arguments"].values()],
-            "loglik": [float(x[0][0]) for x in r["resps"]], "is_greedy": [bool(x[0][1]) for x in r["resps"]],
+            "loglik": [float(x[0][0]) for x in r["resps"]], "is_greedy": [x[0][1] in (True, "True") for x in r["resps"]],
             "target": int(r["target"])} for r in rows]
     f = next(f for f in files if os.path.basename(f).startswith("samples_wikitext_"))
     pages = {int(r["doc_id"]): r for r in map(json.loads, open(f))}
