@@ -364,13 +364,15 @@ class QueuedSkips:
 
 def read_units(sources, inputs, opts, shard=(0, 1)):
     """The units of every --input, in input order, the readers' skips among them where they occurred; each file's
-    units after a ("file", (input number, file number), name) mark. shard=(k, n): only every n-th file of each input
-    from the k-th (prepare_corpus.py --shard=K/N: a merge puts the shards' files back in this order)."""
+    units after a ("file", (input number, file number), name) mark. shard=(k, n): only every n-th file of all the
+    inputs' files from the k-th (prepare_corpus.py --shard=K/N: a merge puts the shards' files back in this order)."""
     skips = QueuedSkips()
     k, n = shard
+    g = -1  # the file's number among all inputs' files: one package per --input deals out as well as a folder
     for i, (kind, path) in enumerate(zip(sources, inputs)):
         for j, fp in enumerate(SOURCES[kind].files(path)):
-            if j % n != k:
+            g += 1
+            if g % n != k:
                 continue
             yield "file", (i, j), str(fp)
             for unit in SOURCES[kind].read(fp, skips, opts):

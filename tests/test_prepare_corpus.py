@@ -305,8 +305,9 @@ def test_shards_merge_to_the_bytes_of_one_run(tmp_path):
     single, one = run(tmp_path, source, inputs, name="single", val_fraction=0.3)
     assert single["skipped"]["duplicate_pmc_id"] == 3 and single["splits"]["val"]["documents"] > 0
     for n in (1, 2, 3):
-        for k in range(n):
-            run(tmp_path, source, inputs, name=f"n{n}", val_fraction=0.3, shard=f"{k}/{n}")
+        for k in range(n):  # files are dealt out over all inputs: every shard gets some
+            shard_meta, _ = run(tmp_path, source, inputs, name=f"n{n}", val_fraction=0.3, shard=f"{k}/{n}")
+            assert shard_meta["splits"]["train"]["documents"] > 0
         merged = pc.main(["--merge", "--out_dir", str(tmp_path / f"n{n}"), "--quiet"])
         same_corpus(one, tmp_path / f"n{n}")
         assert merged["skipped"] == single["skipped"] and merged["splits"] == single["splits"]
