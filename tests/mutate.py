@@ -156,6 +156,15 @@ MUTANTS = [
       "the tracker books DTensor's global-shape propagation tensors (full gradients in clip_grad_norm_)"),
     M("mfu_counts_embedding", "train.py", "matmul_params = n_params - (0 if", "matmul_params = n_params + 0 * (0 if",
       "tests/test_dryrun.py", "the MFU formula counts the embedding lookup as a matrix product"),
+    # perplexity.py, prepare_corpus.py --merge, train.py's mixtures
+    M("rolling_last_window_one_token", "perplexity.py", "inputs = tokens[end - max_len - 1:end - 1]",
+      "inputs = tokens[start - 1:end - 1]", "tests/test_perplexity.py",
+      "the last window gets one token of context, not the harness' full window"),
+    M("merge_keeps_cross_shard_duplicates", "prepare_corpus.py", 'if pmc and not seen.add(f"PMC{pmc}"):',
+      "if False:", "tests/test_prepare_corpus.py::test_shards_merge_to_the_bytes_of_one_run",
+      "a paper in two shards kept twice"),
+    M("mixture_rows_round_down", "train.py", "rows[i] += 1", "rows[i] += 0", "tests/test_mixture.py",
+      "a mixture step short of the global batch"),
     # qa_data.py
     M("qa_truncate_right", "qa_data.py", "ctx = ctx[len(ctx) - room:] if len(ctx) > room else ctx",
       "ctx = ctx[:room] if len(ctx) > room else ctx", "tests/test_qa_data.py", "a long prompt loses its end"),
