@@ -355,9 +355,7 @@ def evaluate_ppl(model, tok, c, b, path):
     if max_len < 2 or max_len > model.args.max_seq_len:
         raise SystemExit(f"max_length={max_len}: rolling windows need 2 to {model.args.max_seq_len} tokens "
                          f"(the model's context); set --max_length")
-    prefix = tok.bos_id if tok.bos_id is not None else tok.eos_id  # the harness' prefix token
-    if prefix is None:
-        raise SystemExit(f"{tok.path}: no BOS or EOS token to condition a document's first token on")
+    prefix = perplexity.prefix_token(tok)
     docs = [tok.encode(t) for t in texts]
     windows = [perplexity.rolling_windows(d, prefix, max_len) for d in docs]
     t0 = time.perf_counter()
@@ -423,19 +421,20 @@ def summarize(results):
     return rows
 
 
+def table_text(head, lines, markdown):
+    """Rows of strings as a markdown table, or as console text with aligned columns."""
+    if markdown:
+        return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(l) + " |" for l in lines]
+    w = [max(len(x) for x in col) for col in zip(head, *lines)]
+    return [" ".join(x.ljust(w[0]) if j == 0 else x.rjust(w[j]) for j, x in enumerate(row)) for row in [head] + lines]
+
+
 def ppl_lines(results, markdown=False):
-    """The perplexity table (one row per perplexity bench), as console text or markdown."""
+    """The perplexity table (one row per perplexity bench), after a blank line, as console text or markdown."""
     head = ("task", "documents", "tokens", "word_perplexity", "byte_perplexity", "bits_per_byte", "max_length")
     lines = [(b, str(r["n"]), str(r["tokens"]), f"{r['word_perplexity']:.4f}", f"{r['byte_perplexity']:.4f}",
               f"{r['bits_per_byte']:.4f}", str(r["max_length"])) for b, r in results.items()]
-    if not lines:
-        return []
-    if markdown:
-        return ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + [
-            "| " + " | ".join(l) + " |" for l in lines]
-    w = [max(len(x) for x in col) for col in zip(head, *lines)]
-    return [""] + [" ".join(x.ljust(w[0]) if j == 0 else x.rjust(w[j]) for j, x in enumerate(row))
-                   for row in [head] + lines]
+    return [""] + table_text(head, lines, markdown) if lines else []
 
 
 def table_lines(results, summary, markdown=False):
@@ -449,10 +448,7 @@ def table_lines(results, summary, markdown=False):
         norm = f"{r['acc_norm']:.4f}" if r["acc_norm"] is not None else "-"
         lines.append((name, str(r["n"]), f"{r['acc']:.4f}", ci, norm, str(r.get("no_answer", "-")),
                       f"{r['questions_per_s']:.1f}" if "questions_per_s" in r else "-"))
-    if markdown:
-        return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(l) + " |" for l in lines]
-    w = [max(len(x) for x in col) for col in zip(head, *lines)]
-    return [" ".join(x.ljust(w[0]) if j == 0 else x.rjust(w[j]) for j, x in enumerate(row)) for row in [head] + lines]
+    return table_text(head, lines, markdown)
 
 
 def write_atomic(path, text):

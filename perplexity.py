@@ -118,6 +118,15 @@ def documents(path, field="text"):
 # -----------------------------------------------------------------------------
 # rolling windows and metrics
 
+def prefix_token(tok):
+    """The token a document's first token is conditioned on: BOS, or EOS for a tokenizer without one (the harness'
+    prefix_token_id)."""
+    prefix = tok.bos_id if tok.bos_id is not None else tok.eos_id
+    if prefix is None:
+        raise SystemExit(f"{tok.path}: no BOS or EOS token to condition a document's first token on")
+    return prefix
+
+
 def rolling_windows(tokens, prefix_id, max_len):
     """(inputs, targets) per window, targets aligned with inputs (-100: context, not scored), every token scored
     once: the first window is prefix_id + tokens[:max_len - 1] -> tokens[:max_len]; each later one scores the next

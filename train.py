@@ -437,7 +437,7 @@ class HeldOutText:
         from tokenizer import Tokenizer
         tok = Tokenizer(tokenizer)
         texts, counted = perplexity.documents(path)
-        prefix = tok.bos_id if tok.bos_id is not None else tok.eos_id
+        prefix = perplexity.prefix_token(tok)
         windows = [w for t in texts for w in perplexity.rolling_windows(tok.encode(t), prefix, c.block_size)]
         self.n_bytes = sum(len(t.encode("utf-8")) for t in counted)
         per_rank = -(-len(windows) // world)
@@ -750,7 +750,7 @@ def batch_sources(c, ctx, meta):
         val[os.path.basename(c.bpb_data.rstrip("/"))] = HeldOutText(c.bpb_data, c.tokenizer, c, ctx.rank, ctx.world)
     if len(sources) == 1:
         data = PaperWindows(*load_split(c.data_dir, "train"), c, ctx.rank, ctx.world, pad)
-        return data, (val or None) if c.bpb_data else val.get(c.data_dir)
+        return data, val if c.bpb_data else val.get(c.data_dir)  # one corpus alone: its windows, as before
     data = Mixture([load_split(p, "train") for p, _ in sources], [p for p, _ in sources], [w for _, w in sources],
                    c, ctx.rank, ctx.world, pad)
     return data, val or None
@@ -808,7 +808,7 @@ def dry_run_args(c, vocab_size=32000):
     """The model's shape without its weights: init_from's config.json (or GGUF header, or checkpoint) when it is on
     this machine, else the named model_preset; from scratch, the dimensions (the corpus' vocabulary if prepared)."""
     if c.init_from == "scratch":
-        meta = os.path.join(c.data_dir, "meta.json")
+        meta = os.path.join(data_sources(c.data_dir)[0][0], "meta.json")  # a mixture's sources share a vocabulary
         if os.path.isfile(meta):
             with open(meta) as f:
                 vocab_size = json.load(f)["vocab_size"]
