@@ -90,8 +90,10 @@ def make_tracker(model, opt):
     from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
 
     class StepTracker(FSDPMemTracker):
-        phases = {}  # phase -> its peak snapshot {category: bytes}
-        held = {}  # the snapshot just before the optimizer step: every gradient there, the states too (step 2)
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.phases = {}  # phase -> its peak snapshot {category: bytes}
+            self.held = {}  # the snapshot just before the optimizer step: every gradient there, the states (step 2)
 
         def _fsdp_state_pre_forward(self, fsdp_mod, orig):
             inner = super()._fsdp_state_pre_forward(fsdp_mod, orig)
@@ -120,9 +122,7 @@ def make_tracker(model, opt):
             if snap is not None and snap["Total"] > self.phases.get(phase, {}).get("Total", -1):
                 self.phases[phase] = dict(snap)
 
-    tracker = StepTracker(model, opt)
-    tracker.phases, tracker.held = {}, {}
-    return tracker
+    return StepTracker(model, opt)
 
 
 def flop_counter():
