@@ -64,7 +64,7 @@ shots_data = ""  # the train file for --shots (default: under data_root; PubMedQ
 medmcqa_cop_base = 1  # 1: raw release (dev.json); 0: the Hugging Face copy
 split = "test"  # PubMedQA PQA-L: 'test' (the official 500 ids) or 'train' (the other 500: a validation slice)
 select = ""  # 'a:b': questions a..b-1 of the split (e.g. --split=train --select=400:500 to choose hyper-parameters)
-limit = 0  # first N questions only
+limit = 0  # first N questions (perplexity: documents) only
 batch_size = 16
 max_new_tokens = 16  # --method=generate
 compile = False  # --method=generate: torch.compile the decoding steps (one graph for every question)
@@ -351,6 +351,8 @@ def evaluate_ppl(model, tok, c, b, path):
     """Word and byte perplexity and bits per byte of documents (perplexity.py): the wikitext task's pages,
     detokenized as the harness does, or the user's held-out text as it is."""
     texts, counted = perplexity.documents(path, c.text_field)  # WikiText pages: detokenized, counted as stored
+    if c.limit:
+        texts, counted = texts[:c.limit], counted[:c.limit]
     max_len = c.max_length or model.args.max_seq_len
     if max_len < 2 or max_len > model.args.max_seq_len:
         raise SystemExit(f"max_length={max_len}: rolling windows need 2 to {model.args.max_seq_len} tokens "

@@ -9,6 +9,8 @@ PMC-LLaMA's whole study (Table 1, Fig. 2, Fig. 3), end to end, on the real data 
                                                      #   (SmolLM2-135M: 8 minutes on one H100)
     python reproduce.py [--base=...] --quick         # every step on toy lengths (CI runs both): 51 s / 2.5 min
                                                      #   on a 2-core Intel Xeon
+    python reproduce.py --study=replay --base=smollm2  # continued pre-training with 0%, 10%, 25% general replay,
+                                                     #   and what each share costs and keeps (the last section)
 
 0. the "LLaMA" row: --base (written once as an HF folder, so that every later step loads safetensors), or, without
    --base, a tiny LLaMA pre-trained here on general text (WikiText-2 test + Tiny Shakespeare);
@@ -26,10 +28,11 @@ PMC-LLaMA's whole study (Table 1, Fig. 2, Fig. 3), end to end, on the real data 
    subjects (1,089, pooled), with 95% Wilson intervals, the majority-class baseline and the predicted labels;
 7. Fig. 3: four sentence-completion prompts continued greedily by both models (sample.py).
 Writes OUT/table.md (Table 1's layout) and OUT/table1.png (its figure), OUT/curves.png + curves.csv (Fig. 2:
-fine-tuning loss, EMA 0.6),
-OUT/completions.md and OUT/results.json (every number, per-step times). Every step is one of the project's scripts,
-called through its main(argv) with the arguments printed; this file only chains them. What is evaluated where is
-decided in two places: benches() (the test sets) and finetune_sets() (the fine-tuning data).
+fine-tuning loss, EMA 0.6), OUT/completions.md and OUT/results.json (every number, per-step times). --study=replay
+writes OUT/replay.md, OUT/replay.png and OUT/results.json; a rerun into the same OUT picks up the models and
+evaluations already there. Every step is one of the project's scripts, called through its main(argv) with the
+arguments printed; this file only chains them. What is evaluated where is decided in two places: benches() (the
+test sets) and finetune_sets() (the fine-tuning data).
 """
 import csv
 import json
@@ -60,6 +63,8 @@ device = "cpu"  # 'cpu' | 'cuda'
 dtype = "auto"  # 'auto' (bf16 on CUDA; on CPU see pick_dtype) | 'float32' | 'bfloat16'
 quick = False
 seed = 1337
+study = "table1"  # 'table1': the paper's study | 'replay': continued pre-training with general replay (docs/study.md)
+replay = "0,0.1,0.25"  # --study=replay: the shares of general text in every step's rows
 
 PROMPTS = [  # the topics of the paper's Fig. 3 sentence completions
     "Chronic obstructive pulmonary disease (COPD) is", "Robotic cardiac surgery is",
@@ -101,6 +106,10 @@ class Sizes:
     medmcqa_limit: int = 0
     usmle_test: int = 0  # MedQA-USMLE test questions evaluated (0: all 1,273)
     mmlu_limit: int = 0  # questions evaluated per MMLU subject (0: all)
+    general_limit: int = 0  # --study=replay: questions per non-medical MMLU subject (0: all)
+    ppl_docs: int = 0  # --study=replay: documents scored in bits per byte, the first of each test (0: all)
+    curve_interval: int = 0  # --study=replay: steps between the held-out points of the training curves
+    curve_pages: int = 2  # --study=replay: WikiText-2 test pages scored at each of those points
     gen_tokens: int = 40  # Fig. 3 completion length
     eval_batch: int = 32
 
@@ -128,14 +137,20 @@ REAL_CUDA = dict(block=512, pre_micro=32, pre_global=128, pmc_epochs=5.0, eval_b
 # fine-tuning set subsampled (the first questions of each file)
 REAL_CPU = dict(block=256, pmc_iters=72, warmup=6, sel_train="0:200", medmcqa_limit=1000, usmle_test=300,
                 mmlu_limit=30, usmle_select="0:200")
+# --study=replay: the continued pre-training above (REAL_CPU's 72 steps on CPU), then four models evaluated: the
+# perplexities whole, the QA tasks on their first questions on CPU (bf16 there: 4.5 min for WikiText's 62 pages)
+REPLAY_CPU = dict(limit=200, medmcqa_limit=200, usmle_test=200, mmlu_limit=30, general_limit=20, curve_interval=24,
+                  eval_batches=4)
+REPLAY_QUICK = dict(pre_global=8, general_limit=1, ppl_docs=1, curve_interval=1, curve_pages=1)
 
 
-def sizes(quick, real, device):
+def sizes(quick, real, device, replay=False):
     """A tiny LLaMA from scratch or a real base (lengths for a 135M-class model), at toy (--quick), CPU or CUDA
-    (the paper's) lengths."""
+    (the paper's) lengths; the replay study's evaluation sizes on top."""
     if not real:
         return Sizes(**(TINY_QUICK if quick else TINY))
-    return Sizes(**{**REAL, **(REAL_QUICK if quick else REAL_CUDA if device == "cuda" else REAL_CPU)})
+    extra = {} if not replay else REPLAY_QUICK if quick else dict(curve_interval=50) if device == "cuda" else REPLAY_CPU
+    return Sizes(**{**REAL, **(REAL_QUICK if quick else REAL_CUDA if device == "cuda" else REAL_CPU), **extra})
 
 
 # -----------------------------------------------------------------------------
@@ -216,15 +231,21 @@ class Study:
 
 
 def make_study(config):
+    replay = config["study"] == "replay"
+    if config["study"] not in ("table1", "replay"):
+        raise SystemExit(f"--study={config['study']}: use table1 (the paper's study) or replay")
+    if replay and not config["base"]:
+        raise SystemExit("--study=replay continues a real pretrained model: --base=smollm2 (or an HF folder/.gguf)")
     real = bool(config["base"])
     base_path = find_base(config["base"]) if real else ""
     name = config["base_name"] or (("SmolLM2-135M" if config["base"] == "smollm2" else
                                     os.path.basename(base_path.rstrip("/")).split(".")[0]) if real else "TinyLLaMA")
-    return Study(out=config["out"] or os.path.join("runs", name.lower() if real else "tiny"), data=config["data_root"],
+    folder = (name.lower() + ("-replay" if replay else "")) if real else "tiny"
+    return Study(out=config["out"] or os.path.join("runs", folder), data=config["data_root"],
                  device=config["device"], dtype=pick_dtype(config["dtype"], config["device"], real),
                  seed=config["seed"], quick=config["quick"], base_path=base_path,
                  models={"base": name, "pmc": "PMC-" + name if real else "TinyPMC-LLaMA"},  # as in the paper's table
-                 sizes=sizes(config["quick"], real, config["device"]), steps=Steps())
+                 sizes=sizes(config["quick"], real, config["device"], replay), steps=Steps())
 
 
 def hf(study, model):
@@ -246,21 +267,30 @@ def export_base(study):
 
 def prepare_corpora(study):
     """The general and the biomedical corpus, with the base's tokenizer."""
-    d, bio = study.data, os.path.join(study.data, "biomed_corpus")
-    tok = hf(study, "base") if study.real else os.path.join(d, "tokenizer", "llama_tokenizer.model")
-    common = ["--tokenizer", tok, "--seed", str(study.seed), "--quiet"]
+    d = study.data
     general = [os.path.join(d, "general", "wikitext2_test_raw", "wikitext-test.txt")]
     if not study.real:
         general.append(os.path.join(d, "general", "tinyshakespeare", "input.txt"))
     study.steps.run("general corpus", prepare_corpus.main,
                     ["--source", "text", "--doc_chars", "8000", "--input", *general, "--out_dir",
-                     f"{study.out}/data/general", "--val_fraction", str(study.sizes.gen_val), *common])
+                     f"{study.out}/data/general", "--val_fraction", str(study.sizes.gen_val), *corpus_flags(study)])
+    prepare_biomedical(study)
+
+
+def corpus_flags(study):
+    tok = hf(study, "base") if study.real else os.path.join(study.data, "tokenizer", "llama_tokenizer.model")
+    return ["--tokenizer", tok, "--seed", str(study.seed), "--quiet"]
+
+
+def prepare_biomedical(study):
+    """Papers and abstracts: CRAFT, PMC OA JATS, S2ORC, BC5CDR, NCBI-disease; 5% of them held out."""
+    d, bio = study.data, os.path.join(study.data, "biomed_corpus")
     sources = [("text", os.path.join(bio, "craft_pmc_oa_fulltext", "txt")), ("pmc_xml", os.path.join(d, "pmc_oa_xml")),
                ("s2orc", os.path.join(d, "s2orc_api", "s2orc-sample.jsonl")),
                ("pubtator", os.path.join(bio, "bc5cdr")), ("pubtator", os.path.join(bio, "ncbi_disease"))]
     study.steps.run("biomedical corpus", prepare_corpus.main,
                     ["--source", *[k for k, _ in sources], "--input", *[p for _, p in sources],
-                     "--out_dir", f"{study.out}/data/biomed", "--val_fraction", "0.05", *common])
+                     "--out_dir", f"{study.out}/data/biomed", "--val_fraction", "0.05", *corpus_flags(study)])
 
 
 def train_flags(study):
@@ -279,11 +309,16 @@ def pretrain(study):
         study.steps.run("base pre-training", train.main,
                         [*train_flags(study), "--init_from=scratch", f"--data_dir={o}/data/general",
                          f"--out_dir={o}/base", f"--max_iters={s.base_iters}", "--learning_rate=1e-3", "--min_lr=1e-4"])
-    length = f"--max_iters={s.pmc_iters}" if s.pmc_iters else f"--epochs={s.pmc_epochs}"
     study.steps.run("continued pre-training", train.main,
-                    [*train_flags(study), f"--init_from={hf(study, 'base')}", f"--data_dir={o}/data/biomed",
-                     f"--out_dir={o}/pmc", length, f"--learning_rate={s.pmc_lr}", f"--min_lr={s.pmc_min_lr}",
-                     f"--warmup_iters={s.warmup}"])
+                    [*train_flags(study), *continued_flags(study), f"--data_dir={o}/data/biomed", f"--out_dir={o}/pmc"])
+
+
+def continued_flags(study):
+    """Continued pre-training of the base: its length and schedule."""
+    s = study.sizes
+    length = f"--max_iters={s.pmc_iters}" if s.pmc_iters else f"--epochs={s.pmc_epochs}"
+    return [f"--init_from={hf(study, 'base')}", length, f"--learning_rate={s.pmc_lr}", f"--min_lr={s.pmc_min_lr}",
+            f"--warmup_iters={s.warmup}"]
 
 
 def held_out_perplexity(study):
@@ -459,12 +494,16 @@ def complete_prompts(study):
 
 
 def main(argv=None):
-    study = make_study(configure(dict(globals()), argv))
+    config = configure(dict(globals()), argv)
+    shares = replay_shares(config["replay"]) if config["study"] == "replay" else None
+    study = make_study(config)
     os.makedirs(study.out, exist_ok=True)
     cpu = bench.machine()["cpu"]
     where = cpu if study.device == "cpu" else torch.cuda.get_device_name()
-    print(f"{study.models['base']} vs {study.models['pmc']} on {study.device} ({where}), {study.dtype}, "
-          f"{'quick' if study.quick else 'full'} sizes -> {study.out}")
+    print(f"{study.models['base']} vs {study.models['pmc']}{', general replay' if config['study'] == 'replay' else ''}"
+          f" on {study.device} ({where}), {study.dtype}, {'quick' if study.quick else 'full'} sizes -> {study.out}")
+    if config["study"] == "replay":
+        return replay_study(study, shares, cpu)
     if study.real:
         export_base(study)
     prepare_corpora(study)
@@ -680,6 +719,246 @@ def write_curves(o, models, runs):
     fig.suptitle("cf. PMC-LLaMA Fig. 2")
     fig.tight_layout()
     save_png(fig, os.path.join(o, "curves.png"), dpi=120)
+
+
+
+# -----------------------------------------------------------------------------
+# the replay study: continued pre-training with a share of general text in every step, and what each share keeps
+
+def replay_shares(spec):
+    shares = [float(x) for x in spec.split(",") if x.strip()]
+    if not shares or any(not 0 <= x < 1 for x in shares):
+        raise SystemExit(f"--replay={spec}: comma-separated shares of general text, each in [0, 1), e.g. 0,0.1,0.25")
+    return shares
+
+
+def replay_key(share):
+    return f"replay{share * 100:g}"  # its folder: replay0, replay10, replay25
+
+
+def prepare_replay(study):
+    """General English text that is not WikiText-2's test split: its validation split, and five files of English
+    Wikipedia as WikiExtractor writes them (general/PROVENANCE.md, sections 3 and 4)."""
+    g = os.path.join(study.data, "general")
+    study.steps.run("general replay corpus", prepare_corpus.main,
+                    ["--source", "text", "wikiextractor", "--input",
+                     os.path.join(g, "wikitext2_valid_raw", "wiki.valid.raw"),
+                     os.path.join(g, "enwiki_wikiextractor_2021"), "--doc_chars", "8000",
+                     "--out_dir", f"{study.out}/data/replay", "--val_fraction", "0.05", *corpus_flags(study)])
+
+
+def wikitext_pages(study, n):
+    """WikiText-2's test pages, or a file of its first n (0: all 62)."""
+    pages = os.path.join(study.data, "general", "wikitext2_test_raw", "wikitext-test-pages.jsonl")
+    if not n:
+        return pages
+    path = f"{study.out}/data/wikitext-test-first{n}.jsonl"
+    with open(pages) as f:
+        write_atomic(path, "".join(line for _, line in zip(range(n), f)))
+    return path
+
+
+def replay_data(study, share):
+    o = study.out
+    return f"{o}/data/biomed" if share == 0 else f"{o}/data/biomed:{1 - share:g},{o}/data/replay:{share:g}"
+
+
+def curve_flags(study):
+    """Held-out points along training: each source's val loss and WikiText bits per byte on a few pages."""
+    s = study.sizes
+    return [f"--eval_interval={s.curve_interval}", f"--eval_batches={s.eval_batches}",
+            f"--bpb_data={wikitext_pages(study, s.curve_pages)}"]
+
+
+def pretrain_with_replay(study, share):
+    """The paper study's continued pre-training (same steps, rows and schedule) with `share` of every step's rows
+    general text; skipped when a previous run of the study left its model."""
+    key = replay_key(share)
+    if os.path.exists(f"{hf(study, key)}/model.safetensors"):
+        print(f"=== continued pre-training, {share:.0%} replay: done before ({hf(study, key)})")
+        return
+    study.steps.run(f"continued pre-training, {share:.0%} replay", train.main,
+                    [*train_flags(study), *continued_flags(study), f"--data_dir={replay_data(study, share)}",
+                     f"--out_dir={study.out}/{key}", *curve_flags(study)])
+
+
+def base_curve_point(study, share):
+    """The curves' step 0: the base on the held-out data of the widest mixture."""
+    r = study.steps.run("held-out figures of the base", train.main,
+                        [*train_flags(study), "--eval_only=True", f"--init_from={hf(study, 'base')}",
+                         f"--data_dir={replay_data(study, share)}", f"--out_dir={study.out}/eval/base_curve",
+                         *curve_flags(study)])
+    losses = r.get("val_loss_by_source") or {r["data_dir"]: r["val_loss"]}  # one source: its loss alone
+    return {"iter": 0, **{f"val_loss/{k}": v for k, v in losses.items()},
+            **{k: v for k, v in r.items() if k.startswith("val_bpb/")}}
+
+
+def evaluate_replay_model(study, key):
+    """Both sides of the trade for one model: held-out bits per byte of papers (the biomedical corpus' val split)
+    and of WikiText-2 test, MMLU's 51 non-medical subjects pooled, and the medical tasks (benches()); kept in
+    eval/KEY.json, which a rerun of the study reuses."""
+    o, s, done = study.out, study.sizes, f"{study.out}/eval/{key}.json"
+    if os.path.exists(done):
+        print(f"=== evaluation of {key}: done before ({done})")
+        with open(done) as f:
+            return json.load(f)
+    model = [f"--init_from={hf(study, key)}", *eval_flags(study)]
+    # windows of 2,048 tokens, as in the comparison with the harness (docs/finetune_eval.md)
+    ppl = ["--max_length=2048", *model, *([f"--limit={s.ppl_docs}"] if s.ppl_docs else [])]
+    bio = study.steps.run(f"bits per byte {key} / papers", eval_qa.main,
+                          ["--bench=ppl", f"--data={o}/data/biomed", *ppl, f"--out={o}/eval/{key}_papers"])["ppl"]
+    wiki = study.steps.run(f"bits per byte {key} / WikiText-2", eval_qa.main,
+                           ["--bench=wikitext", f"--data={wikitext_pages(study, 0)}", *ppl,
+                            f"--out={o}/eval/{key}_wikitext"])["wikitext"]
+    general = [b for b in qa_data.GROUPS["mmlu_all"] if b not in qa_data.GROUPS["mmlu"]]
+    limit = [f"--limit={s.general_limit}"] if s.general_limit else []
+    mmlu = study.steps.run(f"evaluate {key} / MMLU-general", eval_qa.main,
+                           [f"--bench={','.join(general)}", f"--data_root={study.data}", *model, *limit,
+                            f"--out={o}/eval/{key}_mmlu_general"])
+    r = {"papers_bpb": bio["bits_per_byte"], "papers_bytes": bio["bytes"], "papers_docs": bio["n"],
+         "wikitext_bpb": wiki["bits_per_byte"], "wikitext_pages": wiki["n"],
+         "mmlu_general": eval_qa.pooled([mmlu[b] for b in general]),
+         "medical": evaluate(study, key, [f"--init_from={hf(study, key)}"], benches(study), key)}
+    write_atomic(done, json.dumps(r, indent=2))
+    return r
+
+
+def replay_study(study, shares, cpu):
+    """The base, then for each share its continued pre-training and evaluation; -> results.json's record."""
+    if not os.path.exists(f"{hf(study, 'base')}/model.safetensors"):
+        export_base(study)
+    for folder, prepare in (("biomed", prepare_biomedical), ("replay", prepare_replay)):
+        if not os.path.exists(f"{study.out}/data/{folder}/meta.json"):
+            prepare(study)
+    models = {"base": evaluate_replay_model(study, "base")}
+    curves, tokens = {"base": [base_curve_point(study, max(shares))]}, {}
+    for share in shares:
+        key = replay_key(share)
+        pretrain_with_replay(study, share)
+        with open(f"{study.out}/{key}/log.jsonl") as f:
+            log = [json.loads(line) for line in f]
+        curves[key] = [{k: v for k, v in x.items() if k == "iter" or k.startswith("val_")} for x in log
+                       if any(k.startswith("val_") for k in x)]
+        tokens[key] = {k: sum(x.get(k, 0) for x in log) for k in log[-1] if k.startswith("tokens/")}
+        models[key] = evaluate_replay_model(study, key)
+    result = {"base": study.base_path, "models": study.models, "shares": shares, "device": study.device,
+              "dtype": study.dtype, "cpu": cpu, "quick": study.quick, "sizes": asdict(study.sizes), "eval": models,
+              "targets": replay_targets(models, shares), "curves": curves, "tokens": tokens,
+              "step_seconds": study.steps.times, "total_seconds": round(study.steps.elapsed(), 1)}  # this run's
+    write_atomic(os.path.join(study.out, "results.json"), json.dumps(result, indent=2))
+    write_replay_table(study.out, result)
+    write_replay_figure(study.out, result)
+    return result
+
+
+def replay_targets(models, shares):
+    """Against 0% replay, for each other share: how much of WikiText's bits-per-byte increase it kept away,
+    1 - increase(s) / increase(0), and how much of the papers' bits-per-byte gain it kept, gain(s) / gain(0) (the
+    issue's targets: >= 0.5 and >= 0.8 at 10%). None where 0% neither forgot nor gained: no ratio to take."""
+    if 0 not in shares:
+        return {}
+    base, zero = models["base"], models[replay_key(0)]
+    increase0, gain0 = zero["wikitext_bpb"] - base["wikitext_bpb"], base["papers_bpb"] - zero["papers_bpb"]
+    out = {}
+    for share in [x for x in shares if x > 0]:
+        m = models[replay_key(share)]
+        increase, gain = m["wikitext_bpb"] - base["wikitext_bpb"], base["papers_bpb"] - m["papers_bpb"]
+        out[replay_key(share)] = {"increase_kept_away": 1 - increase / increase0 if increase0 > 0 else None,
+                                  "gain_kept": gain / gain0 if gain0 > 0 else None}
+    return out
+
+
+def replay_rows(r):
+    """(key, name) of the study's models, the base first."""
+    return [("base", r["models"]["base"])] + [(replay_key(x), f"{r['models']['pmc']}, {x:.0%} replay")
+                                            for x in r["shares"]]
+
+
+def write_replay_table(o, r):
+    s, ev = r["sizes"], r["eval"]
+
+    def acc(a):
+        return f"{a['acc']:.3f} [{a['acc_ci95'][0]:.2f}, {a['acc_ci95'][1]:.2f}]"
+
+    med = ev["base"]["medical"]
+    n = {b: med[f"base/{b}"]["n"] for b in COLUMNS}
+    steps = s["pmc_iters"] or f"{s['pmc_epochs']} epochs of"
+    lines = [f"# General replay: {r['models']['pmc']} with {', '.join(f'{x:.0%}' for x in r['shares'])} general "
+             "text", "",
+             f"Continued pre-training of {r['models']['base']}: {steps} steps of {s['pre_global']} rows x {s['block']} "
+             f"tokens, lr {s['pmc_lr']:g} -> {s['pmc_min_lr']:g}, the same for every share; the general rows are "
+             "WikiText-2's validation split and five WikiExtractor files of English Wikipedia. "
+             f"{r['device']}, {r['dtype']}" + (f" ({r['cpu']})" if r["device"] == "cpu" else "")
+             + (", --quick sizes" if r["quick"] else "") + ".",
+             f"Bits per byte (lower is better; rolling windows of 2,048 tokens, the harness' wikitext task): the "
+             f"papers held out from the biomedical corpus ({ev['base']['papers_docs']} documents, "
+             f"{ev['base']['papers_bytes']:,} bytes), WikiText-2 test "
+             f"({ev['base']['wikitext_pages']} pages). Accuracy [95% Wilson CI], loglik, zero-shot: MMLU-general = "
+             f"MMLU's 51 non-medical subjects pooled (n={ev['base']['mmlu_general']['n']:,}"
+             + (f", the first {s['general_limit']} of each" if s["general_limit"] else "") + f"); PubMedQA "
+             f"(n={n['pubmedqa']}), MedMCQA (n={n['medmcqa']}), USMLE (n={n['usmle']}), MMLU-medical (n={n['mmlu']})"
+             " as in Table 1.", "",
+             "| Model | papers bpb | WikiText-2 bpb | MMLU-general | "
+             + " | ".join(COLUMNS[b].split(" (")[0] for b in COLUMNS) + " |", "|---|---|---|---|" + "---|" * len(COLUMNS)]
+    for key, name in replay_rows(r):
+        e = ev[key]
+        lines.append(f"| {name} | {e['papers_bpb']:.4f} | {e['wikitext_bpb']:.4f} | {acc(e['mmlu_general'])} | "
+                     + " | ".join(acc(e["medical"][f"{key}/{b}"]) for b in COLUMNS) + " |")
+    lines += ["", "The trade, against the base: papers' gain = base bpb - model bpb; WikiText's increase = model bpb - "
+              "base bpb; against 0% replay, the share of the increase kept away and of the gain kept (targets at 10%: "
+              ">= 0.5 and >= 0.8):", "",
+              "| Replay | papers' gain | WikiText's increase | increase kept away | gain kept | general tokens |",
+              "|---|---|---|---|---|---|"]
+    base = ev["base"]
+    for x in r["shares"]:
+        key, t = replay_key(x), r["targets"].get(replay_key(x), {})
+        e, tok = ev[key], r["tokens"].get(key, {})
+        general = sum(v for k, v in tok.items() if k.endswith("/replay")) if tok else 0
+        ratio = [f"{t[k]:.2f}" if t.get(k) is not None else "-" for k in ("increase_kept_away", "gain_kept")]
+        lines.append(f"| {x:.0%} | {base['papers_bpb'] - e['papers_bpb']:+.4f} | "
+                     f"{e['wikitext_bpb'] - base['wikitext_bpb']:+.4f} | {' | '.join(ratio)} | "
+                     f"{general:,} of {sum(tok.values()):,} |" if tok else
+                     f"| {x:.0%} | {base['papers_bpb'] - e['papers_bpb']:+.4f} | "
+                     f"{e['wikitext_bpb'] - base['wikitext_bpb']:+.4f} | {' | '.join(ratio)} | 0 |")
+    lines += ["", "Figure: replay.png. Time per step (s): " + ", ".join(f"{k} {v:.0f}"
+                                                                      for k, v in r["step_seconds"].items()),
+              "", f"Total: {r['total_seconds'] / 60:.1f} minutes."]
+    write_atomic(os.path.join(o, "replay.md"), "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def write_replay_figure(o, r):
+    """replay.png: forgetting against domain gain, one point per share, the base at the origin; and the held-out
+    curves along training (WikiText bits per byte on a few pages, the papers' val loss)."""
+    plt = pyplot("replay.png", f"{o}/replay.md")
+    if plt is None:
+        return
+    ev, base = r["eval"], r["eval"]["base"]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    ax = axes[0]
+    ax.scatter([0], [0], c="black", marker="s", label=r["models"]["base"])
+    for key, name in replay_rows(r)[1:]:
+        x, y = ev[key]["wikitext_bpb"] - base["wikitext_bpb"], base["papers_bpb"] - ev[key]["papers_bpb"]
+        ax.scatter([x], [y], label=name.split(", ")[-1])
+        ax.annotate(name.split(", ")[-1].split()[0], (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.axhline(0, c="grey", lw=0.5)
+    ax.axvline(0, c="grey", lw=0.5)
+    ax.set_xlabel("forgetting: WikiText-2 bits per byte, increase over the base")
+    ax.set_ylabel("domain gain: papers' bits per byte, decrease")
+    ax.legend(fontsize=7)
+    pages = f"WikiText-2 bits per byte, first {r['sizes']['curve_pages']} pages"
+    for ax, prefix, label in ((axes[1], "val_bpb/", pages),
+                              (axes[2], "val_loss/", "held-out loss, papers")):
+        for key, name in replay_rows(r)[1:]:
+            pts = [(x["iter"], v) for x in r["curves"]["base"] + r["curves"][key] for k, v in x.items()
+                   if k.startswith(prefix) and (prefix == "val_bpb/" or k.endswith("/biomed"))]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name.split(", ")[-1])
+        ax.set_xlabel("continued pre-training step")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"General replay: {r['models']['pmc']}", fontsize=10)
+    fig.tight_layout()
+    save_png(fig, os.path.join(o, "replay.png"), dpi=110)
 
 
 if __name__ == "__main__":

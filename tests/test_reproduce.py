@@ -135,3 +135,84 @@ def test_quick_study_on_smollm2(tmp_path, smollm2_gguf):
     assert res["majority"]["mmlu"]["truth"] == dict(sorted(Counter(answers).items()))
     pub = [json.loads(x) for x in open(out / "eval" / "base_zero-shot_pubmedqa" / "predictions.jsonl")]
     assert [x["id"] for x in pub] == [k for k, _ in test[:8]]  # the official test ids, in the file's order
+
+
+def test_quick_replay_study(tmp_path):
+    """--study=replay on a tiny random LLaMA (the plumbing; docs/study.md has the real run): the general rows each
+    step takes, every bits per byte and accuracy from the files on disk, the targets' ratios, the curves, a rerun
+    that picks up what is done."""
+    from conftest import make_hf_with_tokenizer
+    base = make_hf_with_tokenizer(tmp_path / "tiny")
+    out, res, r = study(tmp_path, "--study=replay", f"--base={base}", "--base_name=Tiny")
+    s, keys = res["sizes"], ["base", "replay0", "replay10", "replay25"]
+    assert res["shares"] == [0, 0.1, 0.25] and set(res["eval"]) == set(keys)
+    # rows per step of 8: 10% -> 0.8, rounded to 1 by largest remainder; 25% -> 2; each a full window here
+    steps, block = s["pmc_iters"], s["block"]
+    for key, rows in (("replay10", 1), ("replay25", 2)):
+        tok = res["tokens"][key]
+        assert tok[f"tokens/{out}/data/replay"] == rows * block * steps
+        assert tok[f"tokens/{out}/data/biomed"] == (s["pre_global"] - rows) * block * steps
+    assert res["tokens"]["replay0"] == {}  # one corpus: no mixture
+    pages = [json.loads(x)["page"] for x in open(data_path("general", "wikitext2_test_raw",
+                                                           "wikitext-test-pages.jsonl"))][:s["ppl_docs"]]
+    general = sorted(f[:-len("_test.csv")] for f in os.listdir(data_path("mmlu")) if f.endswith("_test.csv"))
+    general = [g for g in general if g not in MMLU]
+    assert len(general) == 51
+    for key in keys:
+        e = res["eval"][key]
+        for what, field in (("papers", "papers_bpb"), ("wikitext", "wikitext_bpb")):
+            rows = [json.loads(x) for x in open(out / "eval" / f"{key}_{what}" / "predictions.jsonl")]
+            assert len(rows) == s["ppl_docs"]
+            bpb = -sum(x["loglikelihood"] for x in rows) / sum(x["bytes"] for x in rows) / math.log(2)
+            assert e[field] == pytest.approx(bpb, rel=1e-12)
+        assert [x["bytes"] for x in rows] == [len(p.encode("utf-8")) for p in pages]  # WikiText: the pages as stored
+        rows = [json.loads(x) for x in open(out / "eval" / f"{key}_mmlu_general" / "predictions.jsonl")]
+        assert sorted({x["bench"] for x in rows}) == [f"mmlu_{g}" for g in general]
+        assert e["mmlu_general"]["n"] == len(rows) == 51 * s["general_limit"]
+        assert e["mmlu_general"]["acc"] == sum(x["pred"] == x["gold"] for x in rows) / len(rows)
+        assert set(e["medical"]) == {f"{key}/{b}" for b in ("pubmedqa", "medmcqa", "usmle", "mmlu")}
+    ev = res["eval"]
+    for key in ("replay10", "replay25"):
+        increase = ev[key]["wikitext_bpb"] - ev["base"]["wikitext_bpb"]
+        increase0 = ev["replay0"]["wikitext_bpb"] - ev["base"]["wikitext_bpb"]
+        gain, gain0 = (ev["base"]["papers_bpb"] - ev[k]["papers_bpb"] for k in (key, "replay0"))
+        t = res["targets"][key]
+        assert t["increase_kept_away"] == (pytest.approx(1 - increase / increase0) if increase0 > 0 else None)
+        assert t["gain_kept"] == (pytest.approx(gain / gain0) if gain0 > 0 else None)
+    curves = res["curves"]
+    assert curves["base"][0]["iter"] == 0 and any(k.startswith("val_bpb/") for k in curves["base"][0])
+    for key in keys[1:]:  # a held-out point every curve_interval steps
+        assert [x["iter"] for x in curves[key]] == list(range(s["curve_interval"], steps + 1, s["curve_interval"]))
+        assert all(any(k.startswith("val_bpb/") for k in x) and f"val_loss/{out}/data/biomed" in x
+                   for x in curves[key])
+    table = (out / "replay.md").read_text()
+    # each cell under its header: the base's row read back by column name
+    head = next(line for line in table.splitlines() if line.startswith("| Model |")).strip("|").split("|")
+    row = next(line for line in table.splitlines() if line.startswith("| Tiny |")).strip("|").split("|")
+    cells = {h.strip(): c.strip() for h, c in zip(head, row)}
+    base = res["eval"]["base"]
+    assert cells["papers bpb"] == f"{base['papers_bpb']:.4f}" and cells["WikiText-2 bpb"] == f"{base['wikitext_bpb']:.4f}"
+    for column, bench in (("PubMedQA", "pubmedqa"), ("MedMCQA", "medmcqa"), ("USMLE", "usmle"),
+                          ("MMLU-medical", "mmlu"), ("MMLU-general", None)):
+        a = base["mmlu_general"] if bench is None else base["medical"][f"base/{bench}"]
+        assert cells[column].startswith(f"{a['acc']:.3f} ["), column
+    for name in ("| Tiny |", "| PMC-Tiny, 0% replay |", "| PMC-Tiny, 10% replay |", "| PMC-Tiny, 25% replay |",
+                 "| 10% |", "increase kept away", "Total:"):
+        assert name in table, name
+    # a rerun picks up the models and evaluations already there
+    r2 = subprocess.run([sys.executable, "reproduce.py", "--quick", f"--out={out}", f"--data_root={DATA}",
+                         "--study=replay", f"--base={base}", "--base_name=Tiny"], cwd=ROOT, capture_output=True,
+                        text=True, timeout=600)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    assert r2.stdout.count("done before") == 3 + 4  # three trainings, four models' evaluations
+    assert "--max_iters" not in r2.stdout and "eval_qa.py" not in r2.stdout
+    assert json.loads((out / "results.json").read_text())["eval"] == ev
+
+
+@pytest.mark.parametrize("args, message", [(["--study=replay"], "--study=replay continues a real pretrained model"),
+                                           (["--study=replay", "--base=x.gguf", "--replay=0,1.5"], "--replay=0,1.5"),
+                                           (["--study=table2"], "--study=table2: use table1")])
+def test_replay_study_refuses_bad_settings(tmp_path, args, message):
+    r = subprocess.run([sys.executable, "reproduce.py", f"--out={tmp_path}", *args], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode != 0 and message in r.stderr and "Traceback" not in r.stderr
