@@ -36,6 +36,7 @@ test sets) and finetune_sets() (the fine-tuning data).
 """
 import csv
 import json
+import math
 import os
 import sys
 import time
@@ -142,6 +143,7 @@ REAL_CPU = dict(block=256, pmc_iters=72, warmup=6, sel_train="0:200", medmcqa_li
 REPLAY_CPU = dict(limit=200, medmcqa_limit=200, usmle_test=200, mmlu_limit=30, general_limit=20, curve_interval=24,
                   eval_batches=4)
 REPLAY_QUICK = dict(pre_global=8, general_limit=1, ppl_docs=1, curve_interval=1, curve_pages=1)
+REPLAY_CUDA = dict(curve_interval=50)
 
 
 def sizes(quick, real, device, replay=False):
@@ -149,8 +151,10 @@ def sizes(quick, real, device, replay=False):
     (the paper's) lengths; the replay study's evaluation sizes on top."""
     if not real:
         return Sizes(**(TINY_QUICK if quick else TINY))
-    extra = {} if not replay else REPLAY_QUICK if quick else dict(curve_interval=50) if device == "cuda" else REPLAY_CPU
-    return Sizes(**{**REAL, **(REAL_QUICK if quick else REAL_CUDA if device == "cuda" else REAL_CPU), **extra})
+    kind = "quick" if quick else "cuda" if device == "cuda" else "cpu"
+    lengths = {"quick": REAL_QUICK, "cuda": REAL_CUDA, "cpu": REAL_CPU}[kind]
+    extra = {"quick": REPLAY_QUICK, "cuda": REPLAY_CUDA, "cpu": REPLAY_CPU}[kind] if replay else {}
+    return Sizes(**{**REAL, **lengths, **extra})
 
 
 # -----------------------------------------------------------------------------
@@ -231,16 +235,16 @@ class Study:
 
 
 def make_study(config):
-    replay = config["study"] == "replay"
     if config["study"] not in ("table1", "replay"):
         raise SystemExit(f"--study={config['study']}: use table1 (the paper's study) or replay")
+    replay = config["study"] == "replay"
     if replay and not config["base"]:
         raise SystemExit("--study=replay continues a real pretrained model: --base=smollm2 (or an HF folder/.gguf)")
     real = bool(config["base"])
     base_path = find_base(config["base"]) if real else ""
     name = config["base_name"] or (("SmolLM2-135M" if config["base"] == "smollm2" else
                                     os.path.basename(base_path.rstrip("/")).split(".")[0]) if real else "TinyLLaMA")
-    folder = (name.lower() + ("-replay" if replay else "")) if real else "tiny"
+    folder = (name.lower() + ("-replay" + "-quick" * config["quick"] if replay else "")) if real else "tiny"
     return Study(out=config["out"] or os.path.join("runs", folder), data=config["data_root"],
                  device=config["device"], dtype=pick_dtype(config["dtype"], config["device"], real),
                  seed=config["seed"], quick=config["quick"], base_path=base_path,
@@ -500,9 +504,9 @@ def main(argv=None):
     os.makedirs(study.out, exist_ok=True)
     cpu = bench.machine()["cpu"]
     where = cpu if study.device == "cpu" else torch.cuda.get_device_name()
-    print(f"{study.models['base']} vs {study.models['pmc']}{', general replay' if config['study'] == 'replay' else ''}"
-          f" on {study.device} ({where}), {study.dtype}, {'quick' if study.quick else 'full'} sizes -> {study.out}")
-    if config["study"] == "replay":
+    print(f"{study.models['base']} vs {study.models['pmc']}{', general replay' if shares else ''} on {study.device} "
+          f"({where}), {study.dtype}, {'quick' if study.quick else 'full'} sizes -> {study.out}")
+    if shares:
         return replay_study(study, shares, cpu)
     if study.real:
         export_base(study)
@@ -770,16 +774,29 @@ def curve_flags(study):
             f"--bpb_data={wikitext_pages(study, s.curve_pages)}"]
 
 
+def replay_iters(study):
+    """Every share's steps: those of papers alone. (An epoch of a mixture is its papers' epoch, which takes more
+    steps when fewer rows of each step are papers: --epochs would train the shares for different lengths.)"""
+    s = study.sizes
+    if s.pmc_iters:
+        return s.pmc_iters
+    with open(f"{study.out}/data/biomed/meta.json") as f:
+        papers = json.load(f)["splits"]["train"]["documents"]
+    return math.ceil(s.pmc_epochs * math.ceil(papers / s.pre_global))  # train.py's count for one corpus
+
+
 def pretrain_with_replay(study, share):
-    """The paper study's continued pre-training (same steps, rows and schedule) with `share` of every step's rows
-    general text; skipped when a previous run of the study left its model."""
+    """The paper study's continued pre-training (the same steps, rows and schedule for every share) with `share`
+    of every step's rows general text; skipped when a previous run of the study left its model."""
     key = replay_key(share)
     if os.path.exists(f"{hf(study, key)}/model.safetensors"):
         print(f"=== continued pre-training, {share:.0%} replay: done before ({hf(study, key)})")
         return
+    if os.path.exists(f"{study.out}/{key}/log.jsonl"):
+        os.remove(f"{study.out}/{key}/log.jsonl")  # an interrupted run's: train.py appends, the curves read it
     study.steps.run(f"continued pre-training, {share:.0%} replay", train.main,
-                    [*train_flags(study), *continued_flags(study), f"--data_dir={replay_data(study, share)}",
-                     f"--out_dir={study.out}/{key}", *curve_flags(study)])
+                    [*train_flags(study), *continued_flags(study), f"--max_iters={replay_iters(study)}",
+                     f"--data_dir={replay_data(study, share)}", f"--out_dir={study.out}/{key}", *curve_flags(study)])
 
 
 def base_curve_point(study, share):
@@ -823,8 +840,24 @@ def evaluate_replay_model(study, key):
     return r
 
 
+def check_settings(study, shares):
+    """A rerun reuses the models and evaluations in OUT: only if they were made with these settings."""
+    settings = {"base": study.base_path, "shares": shares, "dtype": study.dtype, "device": study.device,
+                "seed": study.seed, "sizes": asdict(study.sizes)}
+    path = os.path.join(study.out, "settings.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            before = json.load(f)
+        if before != settings:
+            diff = sorted(k for k in settings if before.get(k) != settings[k])
+            raise SystemExit(f"{study.out} holds a replay study made with other settings ({', '.join(diff)}): "
+                             "give another --out, or delete it to start over")
+    write_atomic(path, json.dumps(settings, indent=2))
+
+
 def replay_study(study, shares, cpu):
     """The base, then for each share its continued pre-training and evaluation; -> results.json's record."""
+    check_settings(study, shares)
     if not os.path.exists(f"{hf(study, 'base')}/model.safetensors"):
         export_base(study)
     for folder, prepare in (("biomed", prepare_biomedical), ("replay", prepare_replay)):
@@ -841,10 +874,11 @@ def replay_study(study, shares, cpu):
                        if any(k.startswith("val_") for k in x)]
         tokens[key] = {k: sum(x.get(k, 0) for x in log) for k in log[-1] if k.startswith("tokens/")}
         models[key] = evaluate_replay_model(study, key)
-    result = {"base": study.base_path, "models": study.models, "shares": shares, "device": study.device,
+    result = {"base": study.base_path, "models": study.models, "shares": shares, "iters": replay_iters(study),
+              "device": study.device,
               "dtype": study.dtype, "cpu": cpu, "quick": study.quick, "sizes": asdict(study.sizes), "eval": models,
               "targets": replay_targets(models, shares), "curves": curves, "tokens": tokens,
-              "step_seconds": study.steps.times, "total_seconds": round(study.steps.elapsed(), 1)}  # this run's
+              "step_seconds": study.steps.times, "total_seconds": round(study.steps.elapsed(), 1)}  # this invocation's
     write_atomic(os.path.join(study.out, "results.json"), json.dumps(result, indent=2))
     write_replay_table(study.out, result)
     write_replay_figure(study.out, result)
@@ -854,7 +888,7 @@ def replay_study(study, shares, cpu):
 def replay_targets(models, shares):
     """Against 0% replay, for each other share: how much of WikiText's bits-per-byte increase it kept away,
     1 - increase(s) / increase(0), and how much of the papers' bits-per-byte gain it kept, gain(s) / gain(0) (the
-    issue's targets: >= 0.5 and >= 0.8 at 10%). None where 0% neither forgot nor gained: no ratio to take."""
+    study's targets: >= 0.5 and >= 0.8 at 10%). None where 0% neither forgot nor gained: no ratio to take."""
     if 0 not in shares:
         return {}
     base, zero = models["base"], models[replay_key(0)]
@@ -874,55 +908,61 @@ def replay_rows(r):
                                             for x in r["shares"]]
 
 
-def write_replay_table(o, r):
-    s, ev = r["sizes"], r["eval"]
+def replay_header(r):
+    s, ev = r["sizes"], r["eval"]["base"]
+    n = {b: ev["medical"][f"base/{b}"]["n"] for b in COLUMNS}
+    general = f", the first {s['general_limit']} of each" if s["general_limit"] else ""
+    return [f"# General replay: {r['models']['pmc']} with {', '.join(f'{x:.0%}' for x in r['shares'])} general text",
+            "", f"Continued pre-training of {r['models']['base']}: {r['iters']} steps of {s['pre_global']} rows x "
+            f"{s['block']} tokens, lr {s['pmc_lr']:.0e} -> {s['pmc_min_lr']:.0e}, the same for every share; the "
+            "general rows are WikiText-2's validation split and five WikiExtractor files of English Wikipedia. "
+            f"{r['device']}, {r['dtype']}" + (f" ({r['cpu']})" if r["device"] == "cpu" else "")
+            + (", --quick sizes" if r["quick"] else "") + ".",
+            "Bits per byte (lower is better; rolling windows of 2,048 tokens, the harness' wikitext task): the papers "
+            f"held out from the biomedical corpus ({ev['papers_docs']} documents, {ev['papers_bytes']:,} bytes), "
+            f"WikiText-2 test ({ev['wikitext_pages']} pages). Accuracy [95% Wilson CI], loglik, zero-shot: "
+            f"MMLU-general = MMLU's 51 non-medical subjects pooled (n={ev['mmlu_general']['n']:,}{general}); "
+            f"PubMedQA (n={n['pubmedqa']}), MedMCQA (n={n['medmcqa']}), USMLE (n={n['usmle']}), MMLU-medical "
+            f"(n={n['mmlu']}) as in Table 1.", ""]
 
+
+def models_table(r):
     def acc(a):
         return f"{a['acc']:.3f} [{a['acc_ci95'][0]:.2f}, {a['acc_ci95'][1]:.2f}]"
 
-    med = ev["base"]["medical"]
-    n = {b: med[f"base/{b}"]["n"] for b in COLUMNS}
-    steps = s["pmc_iters"] or f"{s['pmc_epochs']} epochs of"
-    lines = [f"# General replay: {r['models']['pmc']} with {', '.join(f'{x:.0%}' for x in r['shares'])} general "
-             "text", "",
-             f"Continued pre-training of {r['models']['base']}: {steps} steps of {s['pre_global']} rows x {s['block']} "
-             f"tokens, lr {s['pmc_lr']:g} -> {s['pmc_min_lr']:g}, the same for every share; the general rows are "
-             "WikiText-2's validation split and five WikiExtractor files of English Wikipedia. "
-             f"{r['device']}, {r['dtype']}" + (f" ({r['cpu']})" if r["device"] == "cpu" else "")
-             + (", --quick sizes" if r["quick"] else "") + ".",
-             f"Bits per byte (lower is better; rolling windows of 2,048 tokens, the harness' wikitext task): the "
-             f"papers held out from the biomedical corpus ({ev['base']['papers_docs']} documents, "
-             f"{ev['base']['papers_bytes']:,} bytes), WikiText-2 test "
-             f"({ev['base']['wikitext_pages']} pages). Accuracy [95% Wilson CI], loglik, zero-shot: MMLU-general = "
-             f"MMLU's 51 non-medical subjects pooled (n={ev['base']['mmlu_general']['n']:,}"
-             + (f", the first {s['general_limit']} of each" if s["general_limit"] else "") + f"); PubMedQA "
-             f"(n={n['pubmedqa']}), MedMCQA (n={n['medmcqa']}), USMLE (n={n['usmle']}), MMLU-medical (n={n['mmlu']})"
-             " as in Table 1.", "",
-             "| Model | papers bpb | WikiText-2 bpb | MMLU-general | "
-             + " | ".join(COLUMNS[b].split(" (")[0] for b in COLUMNS) + " |", "|---|---|---|---|" + "---|" * len(COLUMNS)]
+    medical = " | ".join(COLUMNS[b].split(" (")[0] for b in COLUMNS)  # Table 1's columns, without "(OOD/ID)"
+    lines = [f"| Model | papers bpb | WikiText-2 bpb | MMLU-general | {medical} |",
+             "|---|---|---|---|" + "---|" * len(COLUMNS)]
     for key, name in replay_rows(r):
-        e = ev[key]
+        e = r["eval"][key]
         lines.append(f"| {name} | {e['papers_bpb']:.4f} | {e['wikitext_bpb']:.4f} | {acc(e['mmlu_general'])} | "
                      + " | ".join(acc(e["medical"][f"{key}/{b}"]) for b in COLUMNS) + " |")
-    lines += ["", "The trade, against the base: papers' gain = base bpb - model bpb; WikiText's increase = model bpb - "
-              "base bpb; against 0% replay, the share of the increase kept away and of the gain kept (targets at 10%: "
-              ">= 0.5 and >= 0.8):", "",
-              "| Replay | papers' gain | WikiText's increase | increase kept away | gain kept | general tokens |",
-              "|---|---|---|---|---|---|"]
-    base = ev["base"]
+    return lines
+
+
+def trade_table(r):
+    base = r["eval"]["base"]
+    lines = ["The trade, against the base: papers' gain = base bpb - model bpb; WikiText's increase = model bpb - base "
+             "bpb; against 0% replay, the share of the increase kept away and of the gain kept (targets at 10%: "
+             ">= 0.5 and >= 0.8):", "",
+             "| Replay | papers' gain | WikiText's increase | increase kept away | gain kept | general tokens |",
+             "|---|---|---|---|---|---|"]
     for x in r["shares"]:
-        key, t = replay_key(x), r["targets"].get(replay_key(x), {})
-        e, tok = ev[key], r["tokens"].get(key, {})
-        general = sum(v for k, v in tok.items() if k.endswith("/replay")) if tok else 0
+        key = replay_key(x)
+        e, t, tok = r["eval"][key], r["targets"].get(key, {}), r["tokens"].get(key, {})
         ratio = [f"{t[k]:.2f}" if t.get(k) is not None else "-" for k in ("increase_kept_away", "gain_kept")]
+        general = sum(v for k, v in tok.items() if k.endswith("/replay"))
+        general = f"{general:,} of {sum(tok.values()):,}" if tok else "0"
         lines.append(f"| {x:.0%} | {base['papers_bpb'] - e['papers_bpb']:+.4f} | "
-                     f"{e['wikitext_bpb'] - base['wikitext_bpb']:+.4f} | {' | '.join(ratio)} | "
-                     f"{general:,} of {sum(tok.values()):,} |" if tok else
-                     f"| {x:.0%} | {base['papers_bpb'] - e['papers_bpb']:+.4f} | "
-                     f"{e['wikitext_bpb'] - base['wikitext_bpb']:+.4f} | {' | '.join(ratio)} | 0 |")
-    lines += ["", "Figure: replay.png. Time per step (s): " + ", ".join(f"{k} {v:.0f}"
-                                                                      for k, v in r["step_seconds"].items()),
-              "", f"Total: {r['total_seconds'] / 60:.1f} minutes."]
+                     f"{e['wikitext_bpb'] - base['wikitext_bpb']:+.4f} | {' | '.join(ratio)} | {general} |")
+    return lines
+
+
+def write_replay_table(o, r):
+    times = ", ".join(f"{k} {v:.0f}" for k, v in r["step_seconds"].items())
+    lines = [*replay_header(r), *models_table(r), "", *trade_table(r), "",
+             f"Figure: replay.png. Time per step of this invocation (s): {times}", "",
+             f"Total: {r['total_seconds'] / 60:.1f} minutes (this invocation; a rerun reuses what is done)."]
     write_atomic(os.path.join(o, "replay.md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -186,16 +186,16 @@ def test_quick_replay_study(tmp_path):
         assert all(any(k.startswith("val_bpb/") for k in x) and f"val_loss/{out}/data/biomed" in x
                    for x in curves[key])
     table = (out / "replay.md").read_text()
-    # each cell under its header: the base's row read back by column name
+    # each cell under its header: every model's row read back by column name
     head = next(line for line in table.splitlines() if line.startswith("| Model |")).strip("|").split("|")
-    row = next(line for line in table.splitlines() if line.startswith("| Tiny |")).strip("|").split("|")
-    cells = {h.strip(): c.strip() for h, c in zip(head, row)}
-    base = res["eval"]["base"]
-    assert cells["papers bpb"] == f"{base['papers_bpb']:.4f}" and cells["WikiText-2 bpb"] == f"{base['wikitext_bpb']:.4f}"
-    for column, bench in (("PubMedQA", "pubmedqa"), ("MedMCQA", "medmcqa"), ("USMLE", "usmle"),
-                          ("MMLU-medical", "mmlu"), ("MMLU-general", None)):
-        a = base["mmlu_general"] if bench is None else base["medical"][f"base/{bench}"]
-        assert cells[column].startswith(f"{a['acc']:.3f} ["), column
+    for key, name in (("base", "Tiny"), ("replay0", "PMC-Tiny, 0% replay"), ("replay10", "PMC-Tiny, 10% replay")):
+        row = next(line for line in table.splitlines() if line.startswith(f"| {name} |")).strip("|").split("|")
+        cells, e = {h.strip(): c.strip() for h, c in zip(head, row)}, res["eval"][key]
+        assert cells["papers bpb"] == f"{e['papers_bpb']:.4f}" and cells["WikiText-2 bpb"] == f"{e['wikitext_bpb']:.4f}"
+        for column, bench in (("PubMedQA", "pubmedqa"), ("MedMCQA", "medmcqa"), ("USMLE", "usmle"),
+                              ("MMLU-medical", "mmlu"), ("MMLU-general", None)):
+            a = e["mmlu_general"] if bench is None else e["medical"][f"{key}/{bench}"]
+            assert cells[column] == f"{a['acc']:.3f} [{a['acc_ci95'][0]:.2f}, {a['acc_ci95'][1]:.2f}]", (key, column)
     for name in ("| Tiny |", "| PMC-Tiny, 0% replay |", "| PMC-Tiny, 10% replay |", "| PMC-Tiny, 25% replay |",
                  "| 10% |", "increase kept away", "Total:"):
         assert name in table, name
@@ -206,7 +206,25 @@ def test_quick_replay_study(tmp_path):
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert r2.stdout.count("done before") == 3 + 4  # three trainings, four models' evaluations
     assert "--max_iters" not in r2.stdout and "eval_qa.py" not in r2.stdout
-    assert json.loads((out / "results.json").read_text())["eval"] == ev
+    again = json.loads((out / "results.json").read_text())
+    assert again["eval"] == ev and again["base"] == base
+    # ... and refuses a folder made with other settings
+    r3 = subprocess.run([sys.executable, "reproduce.py", "--quick", f"--out={out}", f"--data_root={DATA}",
+                         "--study=replay", f"--base={base}", "--replay=0,0.5"], cwd=ROOT, capture_output=True,
+                        text=True, timeout=600)
+    assert r3.returncode != 0 and "made with other settings (shares)" in r3.stderr and "Traceback" not in r3.stderr
+
+
+def test_replay_targets_closed_form():
+    """The two ratios on rigged bits per byte: 0% forgets 0.2 and gains 0.2; 10% forgets 0.05 and gains 0.18."""
+    import reproduce
+    models = {"base": {"wikitext_bpb": 1.0, "papers_bpb": 1.0}, "replay0": {"wikitext_bpb": 1.2, "papers_bpb": 0.8},
+              "replay10": {"wikitext_bpb": 1.05, "papers_bpb": 0.82}}
+    t = reproduce.replay_targets(models, [0, 0.1])["replay10"]
+    assert t["increase_kept_away"] == pytest.approx(0.75) and t["gain_kept"] == pytest.approx(0.9)
+    models["replay0"]["wikitext_bpb"] = 0.9  # papers alone lowered WikiText: no increase to keep away
+    assert reproduce.replay_targets(models, [0, 0.1])["replay10"]["increase_kept_away"] is None
+    assert reproduce.replay_targets(models, [0.1, 0.25]) == {}  # no 0% run: nothing to compare with
 
 
 @pytest.mark.parametrize("args, message", [(["--study=replay"], "--study=replay continues a real pretrained model"),
